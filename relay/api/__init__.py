@@ -1,0 +1,1 @@
+"""HTTP front ends: the BossDB dialect and the operations routes."""

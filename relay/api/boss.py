@@ -1,0 +1,260 @@
+"""The BossDB REST dialect (reference/bossdb-dialect.md): metadata and cutouts.
+
+Mounted under both ``/v1`` and ``/latest`` (neuroglancer uses ``/latest``); every route answers
+with and without a trailing slash. Path parameters arrive as plain strings and are validated
+here, so every malformed request gets BossDB's own status and code rather than a framework
+error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from .. import metadata
+from ..catalog import Catalog, Channel
+from ..codecs import MediaType, check_jpeg, encode, negotiate
+from ..config import NAME_PATTERN
+from ..cutout import CutoutRequest, CutoutService
+from ..errors import (
+    DatatypeNotSupported,
+    InvalidCutoutArgs,
+    InvalidResolution,
+    InvalidUrl,
+    NotFound,
+    RequestTooLarge,
+    ResourceNotFound,
+    TypeError_,
+)
+from ..geometry import Box, Vec3
+from ..upstreams.base import ChannelRef
+
+__all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
+
+#: BossDB's CUTOUT_MAX_SIZE: 520 MiB uncompressed.
+CUTOUT_MAX_BYTES = 520 * 2**20
+
+_NAME = re.compile(NAME_PATTERN)
+_RANGE = re.compile(r"(\d{1,10}):(\d{1,10})")
+_RESOLUTION = re.compile(r"\d")
+_ID = re.compile(r"\d{1,20}")
+_ENCODE_IN_THREAD_BYTES = 1 << 20
+
+router = APIRouter()
+
+
+def _route(path: str, endpoint: Callable[..., Any], methods: tuple[str, ...] = ("GET",)) -> None:
+    """Register ``path`` with and without its trailing slash (no redirects: a 307 would cost
+    intern a round trip and break POST)."""
+    bare = path.rstrip("/")
+    router.add_api_route(bare, endpoint, methods=list(methods))
+    router.add_api_route(bare + "/", endpoint, methods=list(methods), include_in_schema=False)
+
+
+def _catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+def _show(name: str) -> str:
+    """A client-chosen name, safe to echo in a message."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
+    return shown + ("..." if len(name) > 64 else "")
+
+
+def _names(*pairs: tuple[str, str]) -> None:
+    for what, name in pairs:
+        if not _NAME.fullmatch(name):
+            raise ResourceNotFound(f"{what} {_show(name)} not found")
+
+
+async def _channel(request: Request, collection: str, experiment: str, channel: str) -> Channel:
+    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    return await _catalog(request).channel(ChannelRef(collection, experiment, channel))
+
+
+# --- resources ------------------------------------------------------------------------------
+
+
+async def list_collections(request: Request) -> dict[str, Any]:
+    return {"collections": _catalog(request).collections()}
+
+
+async def get_collection(request: Request, collection: str) -> dict[str, Any]:
+    _names(("Collection", collection))
+    experiments = _catalog(request).experiments(collection)
+    return metadata.collection_json(collection, experiments)
+
+
+async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
+    _names(("Collection", collection))
+    return {"experiments": _catalog(request).experiments(collection)}
+
+
+async def get_experiment(request: Request, collection: str, experiment: str) -> dict[str, Any]:
+    _names(("Collection", collection), ("Experiment", experiment))
+    view = await metadata.experiment_view(_catalog(request), collection, experiment)
+    return metadata.experiment_json(view)
+
+
+async def list_channels(request: Request, collection: str, experiment: str) -> dict[str, Any]:
+    _names(("Collection", collection), ("Experiment", experiment))
+    return {"channels": _catalog(request).channels(collection, experiment)}
+
+
+async def get_channel(
+    request: Request, collection: str, experiment: str, channel: str
+) -> dict[str, Any]:
+    return metadata.channel_json(await _channel(request, collection, experiment, channel))
+
+
+async def list_coords(request: Request) -> dict[str, Any]:
+    catalog = _catalog(request)
+    return {
+        "coords": [
+            metadata.frame_name(c, e) for c in catalog.collections() for e in catalog.experiments(c)
+        ]
+    }
+
+
+async def get_coord(request: Request, coord: str) -> dict[str, Any]:
+    _names(("Coordinate frame", coord))
+    return metadata.coord_json(await metadata.find_frame(_catalog(request), coord))
+
+
+async def get_downsample(
+    request: Request, collection: str, experiment: str, channel: str
+) -> dict[str, Any]:
+    return metadata.downsample_json(await _channel(request, collection, experiment, channel))
+
+
+async def ping(request: Request) -> dict[str, Any]:
+    return {"ip": request.client.host if request.client else ""}
+
+
+_route("/collection/", list_collections)
+_route("/collection/{collection}/", get_collection)
+_route("/collection/{collection}/experiment/", list_experiments)
+_route("/collection/{collection}/experiment/{experiment}/", get_experiment)
+_route("/collection/{collection}/experiment/{experiment}/channel/", list_channels)
+_route("/collection/{collection}/experiment/{experiment}/channel/{channel}/", get_channel)
+_route("/coord/", list_coords)
+_route("/coord/{coord}/", get_coord)
+_route("/downsample/{collection}/{experiment}/{channel}/", get_downsample)
+_route("/ping/", ping)
+
+
+# --- cutouts --------------------------------------------------------------------------------
+
+
+def cutout_nbytes(box: Box, times: int, dtype: np.dtype[Any]) -> int:
+    """BossDB's size rule (``parsers.is_too_large``), quirk included: 64-bit data counts a
+    quarter of its bytes, so the same requests pass here as at BossDB."""
+    nbytes = box.voxels * times * dtype.itemsize
+    return nbytes // 4 if dtype.itemsize == 8 else nbytes
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    match = _RANGE.fullmatch(text)
+    if match is None:
+        raise TypeError_(f"Type error in cutout argument {what}: {_show(text)}")
+    return int(match[1]), int(match[2])
+
+
+def _refresh(request: Request) -> bool:
+    """``access-mode=raw`` or ``Cache-Control: no-cache`` re-read upstream; intern's default
+    ``access-mode=no-cache`` concerns BossDB's own cache and does not bypass this one."""
+    params = request.query_params
+    mode = params.get("access-mode")
+    legacy = params.get("no-cache")
+    if mode is not None and legacy is not None:
+        raise InvalidCutoutArgs("Use either access-mode or no-cache, not both")
+    if legacy is not None and legacy.lower() not in ("true", "false"):
+        raise InvalidCutoutArgs("no-cache must be true or false")
+    if mode is not None and mode not in ("cache", "no-cache", "no_cache", "raw"):
+        raise InvalidCutoutArgs("access-mode must be one of cache, no-cache, raw")
+    control = request.headers.get("cache-control", "").lower()
+    return mode == "raw" or "no-cache" in (part.strip() for part in control.split(","))
+
+
+def _filter_ids(request: Request, channel: Channel) -> np.ndarray | None:
+    raw = request.query_params.get("filter")
+    if raw is None:
+        return None
+    if channel.info.type != "annotation":
+        raise DatatypeNotSupported(
+            f"The channel in request has type {channel.info.type}. "
+            "Filter is only valid for annotation channels"
+        )
+    parts = raw.split(",")
+    if len(parts) > 100_000 or not all(_ID.fullmatch(p) and int(p) < 2**64 for p in parts):
+        raise InvalidCutoutArgs("filter must be a comma-separated list of uint64 ids")
+    return np.array([int(p) for p in parts], dtype=np.uint64)
+
+
+async def cutout(
+    request: Request,
+    collection: str,
+    experiment: str,
+    channel: str,
+    resolution: str,
+    x_range: str,
+    y_range: str,
+    z_range: str,
+    t_range: str | None = None,
+) -> Response:
+    media = negotiate(request.headers.get("accept"))
+    if not _RESOLUTION.fullmatch(resolution):
+        raise NotFound(f"Invalid resolution {_show(resolution)}: one digit expected")
+    chan = await _channel(request, collection, experiment, channel)
+    info = chan.info
+    res = int(resolution)
+    if res >= len(info.levels):
+        raise InvalidResolution(
+            f"Invalid resolution {res}. The resolution has to be within 0 and "
+            f"{len(info.levels) - 1}"
+        )
+    (x0, x1), (y0, y1), (z0, z1) = (
+        _range(x_range, "x"), _range(y_range, "y"), _range(z_range, "z")
+    )
+    box = Box(Vec3(x0, y0, z0), Vec3(x1, y1, z1))
+    # Like BossDB, ranges are checked against the resolution-0 frame at every resolution;
+    # what lies beyond a coarser level's extent reads as zeros.
+    if box.is_empty() or not info.levels[0].bounds.contains(box):
+        raise InvalidCutoutArgs(f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}")
+    times: range | None = None
+    if t_range is not None:
+        t0, t1 = _range(t_range, "t")
+        if not t0 < t1 <= info.num_time_samples:
+            raise InvalidUrl(
+                f"Invalid time range {t0}:{t1}; the channel has {info.num_time_samples} "
+                "time samples"
+            )
+        times = range(t0, t1)
+    if media is MediaType.JPEG:
+        check_jpeg(info.dtype, times is not None)
+    ids = _filter_ids(request, chan)
+    if cutout_nbytes(box, len(times) if times else 1, info.dtype) > CUTOUT_MAX_BYTES:
+        raise RequestTooLarge()
+    service: CutoutService = request.app.state.cutouts
+    data = await service.read(
+        CutoutRequest(chan, res, box, times=times, refresh=_refresh(request))
+    )
+    if ids is not None:
+        data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
+    if data.nbytes >= _ENCODE_IN_THREAD_BYTES:
+        body = await asyncio.to_thread(encode, data, media)
+    else:
+        body = encode(data, media)
+    return Response(content=body, media_type=media.value)
+
+
+_CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"
+_route(_CUTOUT, cutout)
+_route(_CUTOUT + "{t_range}/", cutout)
+

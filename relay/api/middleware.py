@@ -1,0 +1,77 @@
+"""The HTTP edge, as one small ASGI middleware: slash merging, CORS and OPTIONS preflight.
+
+- ``//`` in a path is merged to ``/`` (as nginx's ``merge_slashes`` does in front of BossDB):
+  intern lists collections with ``GET /v1/collection//``.
+- Every response carries CORS headers, with or without an ``Origin`` request header: neuroglancer
+  runs in a browser, and BossDB allows all origins. Starlette's CORSMiddleware only answers
+  requests that carry ``Origin``, so it is not used here.
+- ``OPTIONS`` on any path is a preflight and is answered here with 204.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["EdgeMiddleware"]
+
+_SLASHES = re.compile(r"/{2,}")
+_ALLOW_METHODS = "GET, HEAD, OPTIONS"
+_DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Cache-Control"
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, cors_origins: Sequence[str]) -> None:
+        self.app = app
+        self.any_origin = "*" in cors_origins
+        self.origins = frozenset(cors_origins)
+
+    def _cors(self, request_headers: Headers) -> list[tuple[str, str]]:
+        if self.any_origin:
+            return [("access-control-allow-origin", "*")]
+        origin = request_headers.get("origin")
+        if origin is not None and origin in self.origins:
+            return [("access-control-allow-origin", origin), ("vary", "Origin")]
+        return [("vary", "Origin")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if "//" in path:
+            scope = dict(scope, path=_SLASHES.sub("/", path))
+        request_headers = Headers(scope=scope)
+        cors = self._cors(request_headers)
+        if scope["method"] == "OPTIONS":
+            allow_headers = request_headers.get(
+                "access-control-request-headers", _DEFAULT_ALLOW_HEADERS
+            )
+            headers = [
+                *cors,
+                ("access-control-allow-methods", _ALLOW_METHODS),
+                ("access-control-allow-headers", allow_headers[:1024]),
+                ("access-control-max-age", "86400"),
+                ("content-length", "0"),
+            ]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in cors:
+                    headers.append(key, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

@@ -1,0 +1,42 @@
+"""Operations routes: health, Prometheus metrics, cache statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _gauges(request: Request) -> dict[str, int]:
+    state = request.app.state
+    gauges: dict[str, int] = {"inflight_cuboid_fetches": len(state.cutouts.flights)}
+    cache = state.cache
+    if cache is not None:
+        gauges["cache_pending_writes"] = cache.pending_writes
+        for name, value in cache.counters.items():
+            gauges[f"cache_{name}_total"] = value
+        for tier, stats in cache.stats().items():
+            for name, value in stats.items():
+                gauges[f"cache_{tier}_{name}"] = value
+    return gauges
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    text = request.app.state.metrics.render(_gauges(request))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@router.get("/stats")
+async def stats(request: Request) -> dict[str, Any]:
+    return {"counters": dict(request.app.state.metrics.counters), "gauges": _gauges(request)}

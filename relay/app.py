@@ -1,0 +1,112 @@
+"""``create_app(settings)``: routers, the edge middleware, the lifespan, and one error handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .api import boss, ops
+from .api.middleware import EdgeMiddleware
+from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
+from .catalog import Catalog
+from .config import Settings
+from .cutout import CutoutService
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    RelayError,
+    UnsupportedVersion,
+)
+from .metrics import Metrics
+from .upstreams.base import Registry, registry
+
+__all__ = ["build_cache", "create_app"]
+
+log = logging.getLogger("relay")
+
+
+def build_cache(settings: Settings) -> TieredCache | None:
+    tiers: list[CacheTier] = []
+    if settings.cache.memory_bytes > 0:
+        tiers.append(MemoryTier(int(settings.cache.memory_bytes)))
+    if settings.cache.disk_dir is not None and settings.cache.disk_bytes > 0:
+        tiers.append(DiskTier(settings.cache.disk_dir, int(settings.cache.disk_bytes)))
+    return TieredCache(tiers) if tiers else None
+
+
+def _error(exc: RelayError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+async def _relay_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RelayError)
+    return _error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _error(MethodNotAllowed())
+    if exc.status_code == 404:
+        first = request.url.path.lstrip("/").split("/", 1)[0]
+        if first.startswith("v0."):
+            return _error(UnsupportedVersion())
+        return _error(NotFound(f"No such route: {request.method} {request.url.path[:200]}"))
+    return JSONResponse(
+        {"status": exc.status_code, "code": 1006, "message": str(exc.detail)},
+        status_code=exc.status_code,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(BadRequest("Malformed request"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Never a traceback to the client; the log has it.
+    log.exception("unhandled error on %s %s", request.method, request.url.path[:200])
+    return _error(RelayError())
+
+
+def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cache = build_cache(settings)
+        catalog = Catalog(settings.sources, upstreams)
+        metrics = Metrics()
+        app.state.settings = settings
+        app.state.cache = cache
+        app.state.catalog = catalog
+        app.state.metrics = metrics
+        app.state.cutouts = CutoutService(catalog, cache, metrics)
+        try:
+            yield
+        finally:
+            if cache is not None:
+                await cache.aclose()  # lets write-behind land before the process exits
+            await catalog.aclose()
+
+    app = FastAPI(
+        title="relay",
+        version=__version__,
+        description="A caching relay speaking the BossDB REST dialect.",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.include_router(boss.router, prefix="/v1", tags=["boss"])
+    app.include_router(boss.router, prefix="/latest", tags=["boss"], include_in_schema=False)
+    app.include_router(ops.router, tags=["ops"])
+    app.add_exception_handler(RelayError, _relay_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(EdgeMiddleware, cors_origins=settings.server.cors_origins)
+    return app

@@ -1,0 +1,90 @@
+"""The disk tier: diskcache with LRU eviction and a checksum on every entry.
+
+This module is the only user of ``diskcache``. What it relies on (diskcache 5.6, ``core.py``):
+- values of 32 KiB and more (every cuboid) are written to their own file first, and the SQLite
+  row naming the file is committed after, so a crash mid-write leaves at most an orphan file,
+  never a row that points at half a value: publishing is atomic;
+- ``size_limit`` is enforced on every ``set`` by culling the least-recently-used rows (we pass
+  ``eviction_policy="least-recently-used"``; the default evicts least-recently-*stored*);
+- its API is synchronous, so every call runs in a worker thread.
+What it does not do is notice a damaged file: each value therefore carries a CRC-32 and its
+length, checked on every read; a damaged entry is deleted and reported as a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import diskcache
+
+from .base import CacheTier
+
+__all__ = ["DiskTier"]
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
+_MAGIC = b"RLD1"
+
+
+class DiskTier(CacheTier):
+    name = "disk"
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(directory),
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            # Cull a little at a time so the tier stays within its limit plus one entry.
+            cull_limit=16,
+            statistics=False,
+        )
+        self.size_limit = size_limit
+        self._corrupt = 0
+
+    async def get(self, key: str) -> bytes | None:
+        return await asyncio.to_thread(self._get, key)
+
+    def _get(self, key: str) -> bytes | None:
+        framed = self._cache.get(key, default=None, retry=True)
+        if framed is None:
+            return None
+        payload = _unframe(framed)
+        if payload is None:
+            self._corrupt += 1
+            log.warning("disk cache entry %s failed its checksum; removed", key)
+            self._cache.delete(key, retry=True)
+        return payload
+
+    async def put(self, key: str, value: bytes) -> None:
+        framed = _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
+        await asyncio.to_thread(self._cache.set, key, framed, retry=True)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._cache.delete, key, retry=True)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "bytes": int(self._cache.volume()),
+            "budget_bytes": self.size_limit,
+            "corrupt": self._corrupt,
+        }
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._cache.close)
+
+
+def _unframe(framed: object) -> bytes | None:
+    if not isinstance(framed, bytes) or len(framed) < _FRAME.size:
+        return None
+    magic, crc, length = _FRAME.unpack_from(framed)
+    payload = framed[_FRAME.size :]
+    if magic != _MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        return None
+    return payload

@@ -1,0 +1,119 @@
+"""Tiers stacked fastest first: read-through with promotion, and write-behind below the top.
+
+Every tier call goes through ``_guard``: an exception from a tier is counted, logged once per
+tier and kind, and becomes a miss (on get) or a skipped write (on put). A broken disk makes the
+relay slower, never wrong and never failing.
+
+Writes to the first tier happen before ``put`` returns (it is memory, and the request that
+fetched the value is about to be answered anyway). Writes to slower tiers run as background
+tasks so a 17 ms diskcache ``set`` never sits on the response path; their pending bytes are
+bounded, and past the bound a write is dropped (the entry is simply not cached there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from .base import CacheTier
+
+__all__ = ["TieredCache"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PENDING_BYTES = 256 * 2**20
+
+
+class TieredCache:
+    def __init__(
+        self, tiers: Sequence[CacheTier], max_pending_bytes: int = DEFAULT_PENDING_BYTES
+    ) -> None:
+        self.tiers = list(tiers)
+        self.max_pending_bytes = max_pending_bytes
+        self._pending: set[asyncio.Task[None]] = set()
+        self._pending_bytes = 0
+        self.counters: dict[str, int] = {}
+        self._logged: set[tuple[str, str]] = set()
+        for tier in self.tiers:
+            for event in ("hits", "errors", "writes_dropped"):
+                self.counters[f"{tier.name}_{event}"] = 0
+        self.counters["misses"] = 0
+
+    async def get(self, key: str) -> bytes | None:
+        for depth, tier in enumerate(self.tiers):
+            value = await self._guard(tier, "get", lambda t=tier: t.get(key))
+            if value is not None:
+                self.counters[f"{tier.name}_hits"] += 1
+                for upper in self.tiers[:depth]:  # promote
+                    await self._put_one(upper, key, value, depth=self.tiers.index(upper))
+                return value
+        self.counters["misses"] += 1
+        return None
+
+    async def put(self, key: str, value: bytes) -> None:
+        for depth, tier in enumerate(self.tiers):
+            await self._put_one(tier, key, value, depth)
+
+    async def _put_one(self, tier: CacheTier, key: str, value: bytes, depth: int) -> None:
+        if depth == 0:
+            await self._guard(tier, "put", lambda: tier.put(key, value))
+            return
+        if self._pending_bytes + len(value) > self.max_pending_bytes:
+            self.counters[f"{tier.name}_writes_dropped"] += 1
+            return
+        self._pending_bytes += len(value)
+        task = asyncio.create_task(self._write_behind(tier, key, value))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write_behind(self, tier: CacheTier, key: str, value: bytes) -> None:
+        try:
+            await self._guard(tier, "put", lambda: tier.put(key, value))
+        finally:
+            self._pending_bytes -= len(value)
+
+    async def delete(self, key: str) -> None:
+        for tier in self.tiers:
+            await self._guard(tier, "delete", lambda t=tier: t.delete(key))
+
+    async def drain(self) -> None:
+        """Wait for every write-behind to land (shutdown, tests)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for tier in self.tiers:
+            await self._guard(tier, "close", tier.aclose)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for tier in self.tiers:
+            try:
+                out[tier.name] = tier.stats()
+            except Exception:
+                out[tier.name] = {}
+        return out
+
+    async def _guard(
+        self, tier: CacheTier, op: str, call: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.counters[f"{tier.name}_errors"] = self.counters.get(f"{tier.name}_errors", 0) + 1
+            if (tier.name, op) not in self._logged:
+                self._logged.add((tier.name, op))
+                log.warning("cache tier %s failed on %s (%s); treating as a miss", tier.name,
+                            op, exc)
+            return None

@@ -1,0 +1,94 @@
+"""``relay serve [--config FILE] [--host H] [--port P]`` (``python -m relay`` is the same).
+
+Without ``--config`` (or ``RELAY_CONFIG``) it serves the embedded demo, generating it first if
+needed. Errors a user can fix (a bad config, a busy port) end the program with one line on
+stderr and a non-zero status; a config error exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigFileError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("relay")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="A caching relay speaking the BossDB REST dialect."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", type=Path, help="YAML config file (default: $RELAY_CONFIG, "
+                       "else the embedded demo)")
+    serve.add_argument("--host", help="bind address (overrides the config)")
+    serve.add_argument("--port", type=int, help="port (overrides the config)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or (Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG")
+                           else None)
+    overrides: dict[str, Any] = {}
+    if path is None:
+        from .demo import demo_sources, ensure_demo
+
+        print("relay: no --config given: serving the embedded demo", file=sys.stderr)
+        overrides["sources"] = demo_sources(ensure_demo())
+    settings = load_settings(path, **overrides)
+    server: dict[str, Any] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    if server:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update=server)}
+        )
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = _settings(args)
+    except ConfigFileError as exc:
+        print(f"relay: config error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings)
+    log.info(
+        "serving %d source(s) on http://%s:%d", len(settings.sources), settings.server.host,
+        settings.server.port,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as exc:  # e.g. the port is taken
+        print(f"relay: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    return 0 if server.started else 1

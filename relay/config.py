@@ -1,0 +1,203 @@
+"""Settings: one YAML file, ``RELAY_`` environment overrides, validated once at start.
+
+Precedence (highest first): ``RELAY_…`` environment variables (``__`` nests:
+``RELAY_CACHE__MEMORY_BYTES=1GiB``), then the YAML file, then the defaults below. Strings in the
+file may use ``${VAR}`` and ``${VAR:-default}``; they are expanded from the environment after
+parsing, so an expanded value can never change the YAML structure.
+
+The validated ``Settings`` object is passed in to whatever needs it; nothing reads a global.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = [
+    "CacheSettings",
+    "ConfigFileError",
+    "ServerSettings",
+    "Settings",
+    "SourceSettings",
+    "load_settings",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+_NAME = re.compile(NAME_PATTERN)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+VoxelUnit = Literal["nanometers", "micrometers", "millimeters", "centimeters"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    cors_origins: tuple[str, ...] = ("*",)
+
+
+class CacheSettings(_Model):
+    memory_bytes: ByteSize = ByteSize(512 * 2**20)
+    disk_dir: Path | None = Path("~/.cache/relay")
+    disk_bytes: ByteSize = ByteSize(20 * 2**30)
+    redis_url: str | None = None
+
+    @field_validator("disk_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class SourceSettings(_Model):
+    """One entry of ``sources``: which names it answers for, and the store behind them."""
+
+    collection: str
+    experiment: str = "*"
+    channel: str = "*"
+    kind: str
+    url: str
+    voxel_size: tuple[float, float, float] | None = None
+    voxel_unit: VoxelUnit | None = None
+    type: Literal["image", "annotation"] | None = None
+    #: for multi-channel stores: which channel of the store this source serves
+    channel_index: int = Field(0, ge=0)
+    #: axis names of a plain (non-OME) zarr array, e.g. "zyx" or "czyx"; default by rank
+    axes: str | None = None
+    #: the cache's cuboid, a multiple of the store's chunk; default: near 512×512×16
+    cuboid: tuple[int, int, int] | None = None
+    description: str = ""
+    cache: bool = True
+    ttl_seconds: float | None = None
+    token: str | None = None
+    uuid: str | None = None
+    instance: str | None = None
+
+    @field_validator("collection", "experiment", "channel")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value != "*" and not _NAME.match(value):
+            raise ValueError(f"{value!r} is not '*' or a name of letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        from .upstreams.base import registry
+
+        kinds = registry.kinds()
+        if value not in kinds:
+            raise ValueError(f"unknown upstream kind {value!r} (known: {', '.join(kinds)})")
+        return value
+
+    @field_validator("cuboid", "voxel_size")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError("every component must be positive")
+        return value
+
+    def matches(self, collection: str, experiment: str, channel: str) -> bool:
+        return all(
+            pattern in ("*", name)
+            for pattern, name in (
+                (self.collection, collection),
+                (self.experiment, experiment),
+                (self.channel, channel),
+            )
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    cache: CacheSettings = CacheSettings()
+    sources: tuple[SourceSettings, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+
+class ConfigFileError(Exception):
+    """A config that cannot be used; ``str()`` is the one line the CLI prints."""
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{key}: {message}"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read, expand and validate a config file (or only the environment when ``path`` is None).
+
+    ``overrides`` (e.g. a CLI ``--port``) win over the file but not over ``RELAY_`` variables;
+    the CLI applies its flags after this call for that reason.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigFileError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigFileError(f"{path}: not valid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigFileError(f"{path}: the top level must be a mapping")
+        data = _expand(loaded)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigFileError(f"{where}{_first_error(exc)}") from exc

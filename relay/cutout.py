@@ -1,0 +1,161 @@
+"""The read path: plan → cache → single-flight upstream fetch → assemble.
+
+A request box is planned into cuboids on the channel's grid. Each cuboid comes from the cache
+when it is there and whole (its packed header must match the shape and dtype the plan expects),
+and otherwise from exactly one upstream read shared by everyone who wants it meanwhile. An
+upstream answer of the wrong shape or dtype is an error, never cached and never padded: the
+relay would rather fail a request than serve a wrong voxel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache.tiered import TieredCache
+from .catalog import Catalog, Channel
+from .codecs import pack_cuboid, unpack_cuboid
+from .errors import UpstreamError
+from .geometry import Box
+from .metrics import Metrics
+from .planner import CuboidPlan, plan
+from .singleflight import SingleFlight
+
+__all__ = ["CutoutRequest", "CutoutService", "cache_key"]
+
+#: Arrays above this many bytes are (de)compressed in a worker thread (blosc drops the GIL);
+#: below it the thread hop costs more than the work.
+_THREAD_BYTES = 256 * 1024
+
+#: Version of the key layout and of the packed value format; bump to orphan old entries.
+KEY_VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class CutoutRequest:
+    channel: Channel
+    resolution: int
+    box: Box
+    times: range | None = None  # None: a 3-D request at t = 0
+    refresh: bool = False       # re-read upstream and replace the cached cuboids
+
+
+def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan) -> str:
+    """A readable, versioned key. The upstream identity is hashed: it may hold a URL with
+    credentials, and a key must never name a path a client chose."""
+    level = channel.info.levels[resolution]
+    identity = hashlib.sha256(channel.upstream.identity.encode()).hexdigest()[:16]
+    ref = channel.ref
+    i, size = cuboid.index, level.cuboid
+    return (
+        f"{KEY_VERSION}/{channel.upstream.kind}-{identity}/{ref.collection}/{ref.experiment}/"
+        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
+    )
+
+
+class CutoutService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        cache: TieredCache | None,
+        metrics: Metrics,
+        max_parallel: int = 8,
+    ) -> None:
+        self.catalog = catalog
+        self.cache = cache
+        self.metrics = metrics
+        self.flights: SingleFlight[str, np.ndarray] = SingleFlight()
+        # Bounds the cuboid reads one request keeps in flight at once.
+        self._max_parallel = max_parallel
+
+    async def read(self, request: CutoutRequest) -> np.ndarray:
+        info = request.channel.info
+        level = info.levels[request.resolution]
+        times = request.times if request.times is not None else range(1)
+        out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
+        jobs = [
+            (ti, t, cuboid)
+            for ti, t in enumerate(times)
+            for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)
+        ]
+        limit = asyncio.Semaphore(self._max_parallel)
+
+        async def fill(ti: int, t: int, cuboid: CuboidPlan) -> None:
+            async with limit:
+                data = await self.cuboid(request, t, cuboid)
+            out[ti][cuboid.dst] = data[cuboid.src]
+
+        # Not a TaskGroup: it would wrap a RelayError in an ExceptionGroup and lose its status.
+        tasks = [asyncio.ensure_future(fill(*job)) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()  # only the waits; shared upstream fetches are shielded
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return out if request.times is not None else out[0]
+
+    async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> np.ndarray:
+        channel = request.channel
+        key = cache_key(channel, request.resolution, t, cuboid)
+        use_cache = self.cache is not None and channel.source.cache
+        if use_cache and not request.refresh:
+            assert self.cache is not None
+            packed = await self.cache.get(key)
+            if packed is not None:
+                data = await self._unpack(packed, channel, cuboid.box)
+                if data is not None:
+                    return data
+                await self.cache.delete(key)
+        return await self.flights.do(
+            key, lambda: self._fetch(key, request, t, cuboid.box, use_cache)
+        )
+
+    async def _fetch(
+        self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
+    ) -> np.ndarray:
+        channel = request.channel
+        self.metrics.inc("upstream_reads_total")
+        try:
+            data = await channel.upstream.read(channel.ref, request.resolution, box, t)
+        except UpstreamError:
+            self.metrics.inc("upstream_errors_total")
+            raise
+        dtype = channel.info.dtype
+        if data is None:
+            data = np.zeros(box.shape_zyx, dtype=dtype)
+        if data.shape != box.shape_zyx or data.dtype != dtype:
+            self.metrics.inc("upstream_errors_total")
+            raise UpstreamError(
+                f"upstream sent a {data.dtype} array of shape {data.shape} for a "
+                f"{dtype} box of shape {box.shape_zyx}"
+            )
+        data = np.ascontiguousarray(data)
+        data.flags.writeable = False
+        if use_cache:
+            assert self.cache is not None
+            if data.nbytes >= _THREAD_BYTES:
+                packed = await asyncio.to_thread(pack_cuboid, data)
+            else:
+                packed = pack_cuboid(data)
+            await self.cache.put(key, packed)
+        return data
+
+    async def _unpack(self, packed: bytes, channel: Channel, box: Box) -> np.ndarray | None:
+        """The cached cuboid, or None when the entry does not hold what the plan expects."""
+        try:
+            if len(packed) >= _THREAD_BYTES:
+                data = await asyncio.to_thread(unpack_cuboid, packed)
+            else:
+                data = unpack_cuboid(packed)
+        except ValueError:
+            self.metrics.inc("cache_bad_entries_total")
+            return None
+        if data.shape != box.shape_zyx or data.dtype != channel.info.dtype:
+            self.metrics.inc("cache_bad_entries_total")
+            return None
+        return data

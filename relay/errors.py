@@ -1,0 +1,156 @@
+"""The error tree. Every error a client can see is a ``RelayError``.
+
+Each class carries the HTTP status and the BossDB error code it renders as; one handler in
+``relay.app`` turns any of them into BossDB JSON ``{"status", "code", "message"}``.
+
+    RelayError (500, 9002)
+    ├── BadRequest (400, 1005)
+    │   ├── InvalidUrl (400, 1000)               bad time range
+    │   ├── InvalidCutoutArgs (400, 1001)        out of frame, start >= stop, bad access-mode
+    │   ├── InvalidResolution (400, 1002)        resolution outside the channel's levels
+    │   ├── TypeError_ (400, 1002)               a range that is not two integers
+    │   ├── DatatypeMismatch (400, 2001)         JPEG on a non-uint8 channel
+    │   ├── DatatypeNotSupported (400, 2003)     filter= on an image channel
+    │   ├── Unsupported4D (400, 2005)            JPEG with a time range
+    │   └── UnsupportedVersion (400, 9003)       /v0.x/
+    ├── NotFound (404, 2004)                     no such route
+    │   └── ResourceNotFound (404, 4000)         no such collection / experiment / channel / frame
+    ├── MethodNotAllowed (405, 1006)
+    ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
+    ├── RequestTooLarge (413, 2000)              > 520 MiB uncompressed
+    ├── UpstreamError (502, 5000)                the upstream failed or sent bad data
+    │   ├── UpstreamUnavailable (503, 5001)
+    │   └── UpstreamTimeout (504, 5002)
+    └── ConfigError (500, 9001)                  a source that cannot be opened as configured
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "DatatypeMismatch",
+    "DatatypeNotSupported",
+    "InvalidCutoutArgs",
+    "InvalidResolution",
+    "InvalidUrl",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "NotFound",
+    "RelayError",
+    "RequestTooLarge",
+    "ResourceNotFound",
+    "TypeError_",
+    "Unsupported4D",
+    "UnsupportedVersion",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+#: Messages echo client input; bound them so a 10 kB name cannot make a 10 kB error.
+_MAX_MESSAGE = 300
+
+
+class RelayError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[int] = 9002
+    default_message: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        text = message if message is not None else self.default_message
+        if len(text) > _MAX_MESSAGE:
+            text = text[: _MAX_MESSAGE - 3] + "..."
+        super().__init__(text)
+        self.message = text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "code": self.code, "message": self.message}
+
+
+class BadRequest(RelayError):
+    status = 400
+    code = 1005
+    default_message = "Bad request"
+
+
+class InvalidUrl(BadRequest):
+    code = 1000
+
+
+class InvalidCutoutArgs(BadRequest):
+    code = 1001
+
+
+class InvalidResolution(BadRequest):
+    code = 1002
+
+
+class TypeError_(BadRequest):  # noqa: N801 - Boss's TYPE_ERROR; trailing _ avoids the builtin
+    code = 1002
+
+
+class DatatypeMismatch(BadRequest):
+    code = 2001
+
+
+class DatatypeNotSupported(BadRequest):
+    code = 2003
+
+
+class Unsupported4D(BadRequest):
+    code = 2005
+
+
+class UnsupportedVersion(BadRequest):
+    code = 9003
+    default_message = " This API version is unsupported. Update to version v1"
+
+
+class NotFound(RelayError):
+    status = 404
+    code = 2004
+    default_message = "Not found"
+
+
+class ResourceNotFound(NotFound):
+    code = 4000
+
+
+class MethodNotAllowed(RelayError):
+    status = 405
+    code = 1006
+    default_message = "Method not allowed: this relay is read-only"
+
+
+class NotAcceptable(RelayError):
+    status = 406
+    code = 1006
+
+
+class RequestTooLarge(RelayError):
+    status = 413
+    code = 2000
+    default_message = "Cutout request is over 500MB when uncompressed. Reduce cutout dimensions."
+
+
+class UpstreamError(RelayError):
+    status = 502
+    code = 5000
+    default_message = "The upstream store failed"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = 5001
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = 5002
+
+
+class ConfigError(RelayError):
+    code = 9001

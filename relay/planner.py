@@ -1,0 +1,59 @@
+"""Box → aligned cuboids. Pure functions, property-tested in tests/test_planner.py.
+
+A channel level has a cuboid grid (``cuboid`` voxels per cell, cells aligned to ``origin``) and
+``bounds``. A request box is covered by every grid cell it touches; each cell is clipped to the
+bounds (edge cuboids are clipped, never dropped), and carries the two slices that move its
+overlap with the request from the cuboid array into the output array.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .geometry import Box, Vec3
+
+__all__ = ["CuboidPlan", "cuboid_box", "plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class CuboidPlan:
+    index: Vec3                             # grid cell, counted from the grid origin
+    box: Box                                # the cell clipped to the bounds: what is fetched
+    src: tuple[slice, slice, slice]         # Z,Y,X slices into the cuboid array
+    dst: tuple[slice, slice, slice]         # Z,Y,X slices into the output array
+
+
+def cuboid_box(index: Vec3, cuboid: Vec3, origin: Vec3, bounds: Box) -> Box | None:
+    """The grid cell ``index`` clipped to ``bounds`` (None when the cell lies outside)."""
+    start = Vec3(*(o + i * c for o, i, c in zip(origin, index, cuboid, strict=True)))
+    return Box(start, start + cuboid).intersect(bounds)
+
+
+def _cells(lo: int, hi: int, origin: int, size: int) -> range:
+    # floor division for the first cell and ceiling for the last: a partial trailing cuboid is
+    # covered (bossphorus-rs used floor for both ends and served zeros there).
+    return range((lo - origin) // size, -((origin - hi) // size))
+
+
+def plan(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> Iterator[CuboidPlan]:
+    """Cover the part of ``request`` inside ``bounds``; the rest of the output stays fill."""
+    inside = request.intersect(bounds)
+    if inside is None:
+        return
+    axes = [
+        _cells(inside.start[a], inside.stop[a], origin[a], cuboid[a]) for a in range(3)
+    ]
+    for ix, iy, iz in itertools.product(*axes):
+        index = Vec3(ix, iy, iz)
+        cell = cuboid_box(index, cuboid, origin, bounds)
+        assert cell is not None  # every cell touched by `inside` overlaps the bounds
+        overlap = cell.intersect(inside)
+        assert overlap is not None
+        yield CuboidPlan(
+            index=index,
+            box=cell,
+            src=overlap.zyx_slices(cell.start),
+            dst=overlap.zyx_slices(request.start),
+        )

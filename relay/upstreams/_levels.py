@@ -1,0 +1,67 @@
+"""Helpers the file-format upstreams share: BossDB datatypes and level construction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import DTYPES
+from ..errors import ConfigError
+from ..geometry import Box, Vec3
+from .base import ChannelType, Level, default_cuboid
+
+__all__ = ["boss_dtype", "channel_type", "make_level", "voxel_unit"]
+
+_UNITS = {
+    "nanometer": "nanometers",
+    "nm": "nanometers",
+    "micrometer": "micrometers",
+    "micron": "micrometers",
+    "um": "micrometers",
+    "millimeter": "millimeters",
+    "mm": "millimeters",
+    "centimeter": "centimeters",
+    "cm": "centimeters",
+}
+
+
+def boss_dtype(dtype: np.dtype[np.generic], where: str) -> np.dtype[np.generic]:
+    """The little-endian BossDB datatype for a store's dtype, or a ConfigError."""
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise ConfigError(
+            f"{where}: datatype {name} has no BossDB equivalent (uint8, uint16, uint64)"
+        )
+    return DTYPES[name]
+
+
+def channel_type(dtype: np.dtype[np.generic], configured: ChannelType | None) -> ChannelType:
+    if configured is not None:
+        return configured
+    return "annotation" if dtype == np.uint64 else "image"
+
+
+def voxel_unit(unit: str | None, configured: str | None) -> str:
+    if configured is not None:
+        return configured
+    if not unit:
+        return "nanometers"
+    unit = unit.lower()
+    return _UNITS.get(unit, unit if unit in _UNITS.values() else "nanometers")
+
+
+def make_level(
+    voxel_size: tuple[float, float, float],
+    start: tuple[int, int, int],
+    shape_xyz: tuple[int, int, int],
+    chunk_xyz: tuple[int, int, int],
+    cuboid: tuple[int, int, int] | None,
+) -> Level:
+    """A level whose cuboid grid starts at the store's chunk origin (``start``)."""
+    origin = Vec3(*start)
+    grid = Vec3(*cuboid) if cuboid is not None else default_cuboid(chunk_xyz)
+    return Level(
+        voxel_size=(float(voxel_size[0]), float(voxel_size[1]), float(voxel_size[2])),
+        bounds=Box(origin, origin + shape_xyz),
+        cuboid=grid,
+        origin=origin,
+    )

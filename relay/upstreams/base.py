@@ -1,0 +1,167 @@
+"""The upstream interface, its value objects, and the registry of kinds.
+
+An upstream maps a channel (collection, experiment, channel) onto a store and answers two
+questions, both async: what the channel looks like (``channel_info``) and what voxels one box
+at one level holds (``read`` → a Z,Y,X array, or ``None`` when the store knows it holds no data
+there). Upstreams never cache; the relay's cache sits in front of them.
+
+Kinds are found by name: the built-ins below (imported on first use, so an optional dependency
+is only needed by those who use that kind) merged with the entry-point group
+``relay.upstreams``. A second registration of a name is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+
+from ..geometry import Box, Vec3
+
+if TYPE_CHECKING:
+    from ..config import SourceSettings
+
+__all__ = [
+    "BOSS_CUBOID",
+    "ChannelInfo",
+    "ChannelRef",
+    "Level",
+    "Registry",
+    "Upstream",
+    "default_cuboid",
+    "registry",
+]
+
+log = logging.getLogger(__name__)
+
+#: BossDB's storage cuboid at every resolution (x, y, z).
+BOSS_CUBOID = Vec3(512, 512, 16)
+
+ChannelType = Literal["image", "annotation"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    collection: str
+    experiment: str
+    channel: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}/{self.experiment}/{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One resolution level of a channel."""
+
+    voxel_size: tuple[float, float, float]  # x, y, z in the channel's voxel_unit
+    bounds: Box                             # the voxels that exist at this level
+    cuboid: Vec3                            # the cache's unit: a multiple of the store's chunk
+    origin: Vec3                            # where the cuboid grid starts (a chunk corner)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    dtype: np.dtype[np.generic]
+    type: ChannelType
+    levels: tuple[Level, ...]
+    voxel_unit: str = "nanometers"
+    num_time_samples: int = 1
+    description: str = ""
+
+
+def default_cuboid(chunk: tuple[int, int, int], target: Vec3 = BOSS_CUBOID) -> Vec3:
+    """The largest multiple of ``chunk`` per axis that fits ``target`` (at least one chunk).
+
+    Small store chunks (64³, say) would make one cache entry per tiny file; growing them toward
+    Boss's 512×512×16 keeps entries big enough to amortise a lookup, while staying aligned.
+    """
+    return Vec3(*(c * max(1, t // c) for c, t in zip(chunk, target, strict=True)))
+
+
+class Upstream(ABC):
+    """One configured source. Subclasses are named ``<Kind>Upstream``."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, source: SourceSettings) -> None:
+        self.source = source
+
+    @property
+    def identity(self) -> str:
+        """What makes this store's bytes this store's: part of every cache key."""
+        return f"{self.kind}:{self.source.url}:{self.source.channel_index}"
+
+    @abstractmethod
+    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+        """Describe ``ref``; raise ``ResourceNotFound`` when the store has no such channel."""
+
+    @abstractmethod
+    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+        """The Z,Y,X voxels of ``box`` (inside the level's bounds) at time ``t``."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections, threads and files."""
+
+
+class Registry:
+    """Upstream kinds by name: built-ins plus the ``relay.upstreams`` entry-point group."""
+
+    BUILTINS: ClassVar[dict[str, str]] = {
+        "zarr": "relay.upstreams.zarr:ZarrUpstream",
+        "precomputed": "relay.upstreams.precomputed:PrecomputedUpstream",
+    }
+    GROUP: ClassVar[str] = "relay.upstreams"
+
+    def __init__(self) -> None:
+        self._targets: dict[str, str | type[Upstream]] = dict(self.BUILTINS)
+        self._entry_points_loaded = False
+
+    def register(self, name: str, target: str | type[Upstream], *, replace: bool = False) -> None:
+        """Add a kind; ``target`` is a class or a ``"module:Class"`` path."""
+        self._load_entry_points()
+        self._add(name, target, replace=replace)
+
+    def _add(self, name: str, target: str | type[Upstream], *, replace: bool) -> None:
+        if name in self._targets and not replace:
+            raise ValueError(f"upstream kind {name!r} is already registered")
+        self._targets[name] = target
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.GROUP):
+            try:
+                self._add(ep.name, ep.value, replace=False)
+            except ValueError:
+                log.warning(
+                    "ignoring entry point %s = %s: kind %r is already registered",
+                    ep.name, ep.value, ep.name,
+                )
+
+    def kinds(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._targets)
+
+    def get(self, name: str) -> type[Upstream]:
+        self._load_entry_points()
+        target = self._targets[name]
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            module = importlib.import_module(module_name)
+            target = getattr(module, attr)
+            assert isinstance(target, type) and issubclass(target, Upstream), target
+            self._targets[name] = target
+        return target
+
+    def create(self, source: SourceSettings) -> Upstream:
+        return self.get(source.kind)(source)
+
+
+registry = Registry()
