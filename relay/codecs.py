@@ -16,7 +16,7 @@ import io
 import os
 import struct
 import zlib
-from enum import Enum
+from enum import StrEnum
 
 import blosc
 import numpy as np
@@ -45,7 +45,7 @@ DTYPES: dict[str, np.dtype[np.unsignedinteger]] = {
 }
 
 
-class MediaType(str, Enum):
+class MediaType(StrEnum):
     BLOSC = "application/blosc"
     BLOSC_PYTHON = "application/blosc-python"
     NPYGZ = "application/npygz"
@@ -136,8 +136,10 @@ def _blosc(array: np.ndarray) -> bytes:
 # dtype the planner expects before a single voxel is trusted.
 _HEADER = struct.Struct("<4sBxxxIII")
 _MAGIC = b"RLC1"
-_DTYPE_CODES = {np.dtype("<u1"): 1, np.dtype("<u2"): 2, np.dtype("<u8"): 8}
-_CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
+_DTYPE_CODES: dict[np.dtype[np.generic], int] = {
+    np.dtype("<u1"): 1, np.dtype("<u2"): 2, np.dtype("<u8"): 8
+}
+_CODE_DTYPES: dict[int, np.dtype[np.generic]] = {v: k for k, v in _DTYPE_CODES.items()}
 
 
 def pack_cuboid(array: np.ndarray) -> bytes:
@@ -160,4 +162,5 @@ def unpack_cuboid(packed: bytes | memoryview) -> np.ndarray:
         raise ValueError(f"bad blosc frame: {exc}") from exc
     if len(raw) != z * y * x * dtype.itemsize:
         raise ValueError("packed cuboid has the wrong length")
-    return np.frombuffer(raw, dtype=dtype).reshape(z, y, x)
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(z, y, x)
+    return array

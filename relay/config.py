@@ -58,7 +58,7 @@ class ServerSettings(_Model):
 
 class CacheSettings(_Model):
     memory_bytes: ByteSize = ByteSize(512 * 2**20)
-    disk_dir: Path | None = Path("~/.cache/relay")
+    disk_dir: Path | None = Field(Path("~/.cache/relay"), validate_default=True)
     disk_bytes: ByteSize = ByteSize(20 * 2**30)
     redis_url: str | None = None
 

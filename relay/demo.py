@@ -94,7 +94,8 @@ def _labels(rng: np.random.Generator) -> np.ndarray:
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 ny, nx = np.clip(cy + dy, 0, gy - 1), np.clip(cx + dx, 0, gx - 1)
-                d = (yy - (ny + pos[ny, nx, 0]) * cell) ** 2 + (xx - (nx + pos[ny, nx, 1]) * cell) ** 2
+                d = (yy - (ny + pos[ny, nx, 0]) * cell) ** 2
+                d += (xx - (nx + pos[ny, nx, 1]) * cell) ** 2
                 closer = d < best
                 best[closer] = d[closer]
                 # ids spread over 64 bits, as real segmentations' are
@@ -146,7 +147,8 @@ def downsample(array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array[:, ::2, ::2])
     z, y, x = array.shape
     blocks = array.reshape(z, y // 2, 2, x // 2, 2).astype(np.uint32)
-    return ((blocks.sum(axis=(2, 4)) + 2) // 4).astype(array.dtype)
+    mean: np.ndarray = ((blocks.sum(axis=(2, 4)) + 2) // 4).astype(array.dtype)
+    return mean
 
 
 def pyramid(array: np.ndarray, levels: int = DEMO_LEVELS) -> list[np.ndarray]:
@@ -161,7 +163,7 @@ def _write_ome_zarr(path: Path, levels: list[np.ndarray]) -> None:
     from zarr.codecs import BloscCodec
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    datasets = []
+    datasets: list[dict[str, Any]] = []
     for level, data in enumerate(levels):
         compressor = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
         array = group.create_array(
@@ -216,7 +218,8 @@ def _write_precomputed(path: Path, levels: list[np.ndarray]) -> None:
                          chunk_size=list(CHUNK_XYZ))
     volume.commit_info()
     for level, data in enumerate(levels):
-        writer = CloudVolume(url, mip=level, progress=False, compress="gzip" if not segmentation else None)
+        compress = None if segmentation else "gzip"  # compressed_segmentation is small already
+        writer = CloudVolume(url, mip=level, progress=False, compress=compress)
         writer[:, :, :] = data.transpose(2, 1, 0)[..., np.newaxis]
 
 

@@ -88,7 +88,7 @@ class InvalidResolution(BadRequest):
     code = 1002
 
 
-class TypeError_(BadRequest):  # noqa: N801 - Boss's TYPE_ERROR; trailing _ avoids the builtin
+class TypeError_(BadRequest):
     code = 1002
 
 

@@ -9,6 +9,7 @@ the next call starts afresh: failures are never remembered.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -29,7 +30,7 @@ class SingleFlight(Generic[K, V]):
             task = asyncio.ensure_future(work())
             self.started += 1
             self._flights[key] = task
-            task.add_done_callback(lambda done, key=key: self._forget(key, done))
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
     def _forget(self, key: K, done: asyncio.Task[V]) -> None:

@@ -41,8 +41,10 @@ class DiskTier(CacheTier):
             str(directory),
             size_limit=size_limit,
             eviction_policy="least-recently-used",
-            # Cull a little at a time so the tier stays within its limit plus one entry.
-            cull_limit=16,
+            # Once over the limit, each set evicts this many least-recently-used rows: two per
+            # insert keeps the tier within its limit plus about one entry without the
+            # over-eviction of diskcache's batch cull().
+            cull_limit=2,
             statistics=False,
         )
         self.size_limit = size_limit
@@ -64,7 +66,10 @@ class DiskTier(CacheTier):
 
     async def put(self, key: str, value: bytes) -> None:
         framed = _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
-        await asyncio.to_thread(self._cache.set, key, framed, retry=True)
+        await asyncio.to_thread(self._put, key, framed)
+
+    def _put(self, key: str, framed: bytes) -> None:
+        self._cache.set(key, framed, retry=True)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._cache.delete, key, retry=True)

@@ -13,6 +13,7 @@ bounded, and past the bound a write is dropped (the entry is simply not cached t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -45,7 +46,7 @@ class TieredCache:
 
     async def get(self, key: str) -> bytes | None:
         for depth, tier in enumerate(self.tiers):
-            value = await self._guard(tier, "get", lambda t=tier: t.get(key))
+            value = await self._guard(tier, "get", functools.partial(tier.get, key))
             if value is not None:
                 self.counters[f"{tier.name}_hits"] += 1
                 for upper in self.tiers[:depth]:  # promote
@@ -60,7 +61,7 @@ class TieredCache:
 
     async def _put_one(self, tier: CacheTier, key: str, value: bytes, depth: int) -> None:
         if depth == 0:
-            await self._guard(tier, "put", lambda: tier.put(key, value))
+            await self._guard(tier, "put", functools.partial(tier.put, key, value))
             return
         if self._pending_bytes + len(value) > self.max_pending_bytes:
             self.counters[f"{tier.name}_writes_dropped"] += 1
@@ -72,13 +73,13 @@ class TieredCache:
 
     async def _write_behind(self, tier: CacheTier, key: str, value: bytes) -> None:
         try:
-            await self._guard(tier, "put", lambda: tier.put(key, value))
+            await self._guard(tier, "put", functools.partial(tier.put, key, value))
         finally:
             self._pending_bytes -= len(value)
 
     async def delete(self, key: str) -> None:
         for tier in self.tiers:
-            await self._guard(tier, "delete", lambda t=tier: t.delete(key))
+            await self._guard(tier, "delete", functools.partial(tier.delete, key))
 
     async def drain(self) -> None:
         """Wait for every write-behind to land (shutdown, tests)."""

@@ -16,8 +16,8 @@ from cloudvolume import Bbox, CloudVolume
 
 from ..errors import ResourceNotFound, UpstreamError
 from ..geometry import Box
-from .base import ChannelInfo, ChannelRef, Upstream
 from ._levels import boss_dtype, channel_type, make_level, voxel_unit
+from .base import ChannelInfo, ChannelRef, Upstream
 
 __all__ = ["PrecomputedUpstream"]
 
@@ -25,30 +25,33 @@ __all__ = ["PrecomputedUpstream"]
 class PrecomputedUpstream(Upstream):
     kind = "precomputed"
 
-    _volume: Any = None
+    _volumes: tuple[Any, ...] = ()
     _info: ChannelInfo | None = None
     _lock: asyncio.Lock | None = None
 
-    async def _open(self) -> tuple[Any, ChannelInfo]:
+    async def _open(self) -> tuple[tuple[Any, ...], ChannelInfo]:
         if self._info is None:
             if self._lock is None:
                 self._lock = asyncio.Lock()
             async with self._lock:
                 if self._info is None:
-                    self._volume, self._info = await asyncio.to_thread(self._open_blocking)
-        return self._volume, self._info
+                    self._volumes, self._info = await asyncio.to_thread(self._open_blocking)
+        assert self._info is not None
+        return self._volumes, self._info
 
-    def _open_blocking(self) -> tuple[Any, ChannelInfo]:
+    def _open_blocking(self) -> tuple[tuple[Any, ...], ChannelInfo]:
         src = self.source
+
+        def open_mip(mip: int, info: Any = None) -> Any:
+            # One instance per mip: download(mip=m) on a mip-0 instance checks the box
+            # against mip 0's bounds. The info fetched once is handed to the others.
+            return CloudVolume(src.url, mip=mip, info=info, cache=False, progress=False,
+                               fill_missing=True, bounded=True, parallel=1)
+
         try:
-            volume = CloudVolume(
-                src.url,
-                mip=0,
-                cache=False,
-                progress=False,
-                fill_missing=True,
-                bounded=True,
-                parallel=1,
+            volume = open_mip(0)
+            volumes = (volume,) + tuple(
+                open_mip(m, volume.info) for m in range(1, len(volume.info["scales"]))
             )
         except Exception as exc:
             raise UpstreamError(f"cannot open precomputed volume {src.url}: {exc}") from exc
@@ -75,20 +78,19 @@ class PrecomputedUpstream(Upstream):
             voxel_unit=voxel_unit("nanometer", src.voxel_unit),
             description=src.description,
         )
-        return volume, info
+        return volumes, info
 
     async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
         return (await self._open())[1]
 
     async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
-        volume, info = await self._open()
+        volumes, info = await self._open()
         if not 0 <= level < len(info.levels):
             raise ResourceNotFound(f"resolution {level} not found")
         channel = self.source.channel_index
 
         def download() -> np.ndarray:
-            # download(mip=...) leaves volume.mip alone, so one instance serves every level.
-            cutout = volume.download(Bbox(tuple(box.start), tuple(box.stop)), mip=level)
+            cutout = volumes[level].download(Bbox(tuple(box.start), tuple(box.stop)))
             return np.ascontiguousarray(np.asarray(cutout)[..., channel].transpose(2, 1, 0))
 
         try:

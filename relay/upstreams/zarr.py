@@ -23,8 +23,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ..errors import ConfigError, ResourceNotFound, UpstreamError
 from ..geometry import Box
-from .base import ChannelInfo, ChannelRef, Upstream
 from ._levels import boss_dtype, channel_type, make_level, voxel_unit
+from .base import ChannelInfo, ChannelRef, Upstream
 
 __all__ = ["ZarrUpstream"]
 
@@ -174,11 +174,11 @@ class ZarrUpstream(Upstream):
                                           "x": x}
         selection = tuple(picks[a] for a in opened.axes)
         try:
-            data = await opened.arrays[level].getitem(selection)
+            got = await opened.arrays[level].getitem(selection)
         except Exception as exc:
             raise UpstreamError(f"zarr read failed for {ref}: {exc}") from exc
         spatial = [a for a in opened.axes if a in "zyx"]
-        data = np.asarray(data).transpose([spatial.index(a) for a in "zyx"])
+        data = np.asarray(got).transpose([spatial.index(a) for a in "zyx"])
         return np.ascontiguousarray(data, dtype=opened.info.dtype)
 
 

@@ -1,0 +1,192 @@
+"""``UpstreamSuite``: what every upstream kind must do, checked against ground truth.
+
+A subclass names its ``kind`` and implements ``write_store``: write the given level arrays
+(Z,Y,X, level 0 first, each level halved in x and y) into the backend's own storage under
+``path`` and return the source settings (``url`` and any kind-specific keys) that open it.
+The suite then reads through the upstream and compares every voxel with those arrays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from ..config import SourceSettings
+from ..errors import RelayError, UpstreamError
+from ..geometry import Box, Vec3
+from ..planner import plan
+from ..upstreams.base import ChannelRef, Upstream, registry
+
+__all__ = ["UpstreamSuite", "ground_truth"]
+
+REF = ChannelRef("col", "exp", "chan")
+#: level-0 shape (z, y, x): deliberately not a multiple of any chunk, so edges are partial
+SHAPE_ZYX = (20, 70, 90)
+VOXEL_SIZE = (4.0, 4.0, 40.0)
+CUBOID = (64, 64, 8)  # a multiple of the 32×32×8 chunks subclasses are asked to write
+
+
+def ground_truth(dtype: str, levels: int, shape_zyx: tuple[int, int, int] = SHAPE_ZYX,
+                 seed: int = 1) -> list[np.ndarray]:
+    """Random level arrays; each level takes every other voxel in x and y of the one above."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    high = min(int(info.max), 2**63 - 1)
+    base = rng.integers(0, high, size=shape_zyx, dtype=np.uint64, endpoint=True)
+    if dtype == "uint64":
+        base[0, 0, 0] = np.uint64(2**64 - 1)  # the top bit must survive every path
+    top = base.astype(dtype)
+    out = [top]
+    for _ in range(1, levels):
+        out.append(np.ascontiguousarray(out[-1][:, ::2, ::2]))
+    return out
+
+
+def level_offset(offset: tuple[int, int, int], level: int) -> tuple[int, int, int]:
+    return (offset[0] >> level, offset[1] >> level, offset[2])
+
+
+class UpstreamSuite(ABC):
+    kind: ClassVar[str]
+    #: how many levels the backend can hold (plain arrays: 1)
+    levels: ClassVar[int] = 3
+    #: whether the backend can place the volume at a non-zero voxel offset
+    supports_offset: ClassVar[bool] = True
+    offset: ClassVar[tuple[int, int, int]] = (64, 32, 5)  # x, y, z at level 0
+
+    @abstractmethod
+    def write_store(
+        self,
+        path: Path,
+        levels: list[np.ndarray],
+        voxel_size: tuple[float, float, float],
+        offset: tuple[int, int, int],
+    ) -> dict[str, Any]:
+        """Write ``levels`` with 32×32×8 (x, y, z) chunks; return the source settings."""
+
+    # --- fixtures ---------------------------------------------------------------------------
+
+    @pytest.fixture(params=["uint8", "uint16", "uint64"])
+    def dtype(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def truth(self, dtype: str) -> list[np.ndarray]:
+        return ground_truth(dtype, self.levels)
+
+    @pytest.fixture
+    def origin(self) -> tuple[int, int, int]:
+        return self.offset if self.supports_offset else (0, 0, 0)
+
+    @pytest.fixture
+    def source(
+        self, tmp_path: Path, truth: list[np.ndarray], origin: tuple[int, int, int]
+    ) -> SourceSettings:
+        settings = self.write_store(tmp_path / "store", truth, VOXEL_SIZE, origin)
+        return SourceSettings(
+            collection=REF.collection, experiment=REF.experiment, channel=REF.channel,
+            kind=self.kind, cuboid=CUBOID, **settings,
+        )
+
+    @pytest.fixture
+    async def upstream(self, source: SourceSettings) -> Any:
+        upstream = registry.create(source)
+        yield upstream
+        await upstream.aclose()
+
+    async def _read(self, upstream: Upstream, level: int, box: Box) -> np.ndarray:
+        data = await upstream.read(REF, level, box)
+        info = await upstream.channel_info(REF)
+        return np.zeros(box.shape_zyx, info.dtype) if data is None else data
+
+    def _expected(self, truth: list[np.ndarray], origin: tuple[int, int, int], level: int,
+                  box: Box) -> np.ndarray:
+        return truth[level][box.zyx_slices(Vec3(*level_offset(origin, level)))]
+
+    # --- the suite --------------------------------------------------------------------------
+
+    def test_kind_is_registered(self) -> None:
+        assert registry.get(self.kind).kind == self.kind
+
+    async def test_channel_info(
+        self, upstream: Upstream, truth: list[np.ndarray], dtype: str,
+        origin: tuple[int, int, int],
+    ) -> None:
+        info = await upstream.channel_info(REF)
+        assert info.dtype == np.dtype(dtype)
+        assert info.type == ("annotation" if dtype == "uint64" else "image")
+        assert len(info.levels) == len(truth)
+        for r, (level, array) in enumerate(zip(info.levels, truth, strict=True)):
+            z, y, x = array.shape
+            start = Vec3(*level_offset(origin, r))
+            assert level.bounds == Box(start, start + (x, y, z))
+            assert level.voxel_size == pytest.approx(
+                (VOXEL_SIZE[0] * 2**r, VOXEL_SIZE[1] * 2**r, VOXEL_SIZE[2])
+            )
+            assert level.cuboid == Vec3(*CUBOID)
+
+    async def test_every_cuboid_of_every_level(
+        self, upstream: Upstream, truth: list[np.ndarray], origin: tuple[int, int, int]
+    ) -> None:
+        info = await upstream.channel_info(REF)
+        for r, level in enumerate(info.levels):
+            out = np.zeros(level.bounds.shape_zyx, info.dtype)
+            for cuboid in plan(level.bounds, level.cuboid, level.origin, level.bounds):
+                data = await self._read(upstream, r, cuboid.box)
+                assert data.shape == cuboid.box.shape_zyx
+                assert data.dtype == info.dtype
+                out[cuboid.dst] = data[cuboid.src]
+            np.testing.assert_array_equal(out, truth[r])
+
+    async def test_unaligned_boxes(
+        self, upstream: Upstream, truth: list[np.ndarray], origin: tuple[int, int, int]
+    ) -> None:
+        info = await upstream.channel_info(REF)
+        rng = np.random.default_rng(5)
+        for r, level in enumerate(info.levels):
+            lo, hi = np.array(level.bounds.start), np.array(level.bounds.stop)
+            for _ in range(6):
+                a = rng.integers(lo, hi)
+                b = rng.integers(a + 1, hi + 1)
+                box = Box(Vec3(*map(int, a)), Vec3(*map(int, b)))
+                np.testing.assert_array_equal(
+                    await self._read(upstream, r, box), self._expected(truth, origin, r, box)
+                )
+
+    async def test_far_corner_voxel(
+        self, upstream: Upstream, truth: list[np.ndarray], origin: tuple[int, int, int]
+    ) -> None:
+        info = await upstream.channel_info(REF)
+        for r, level in enumerate(info.levels):
+            stop = level.bounds.stop
+            box = Box(stop - (1, 1, 1), stop)
+            np.testing.assert_array_equal(
+                await self._read(upstream, r, box), self._expected(truth, origin, r, box)
+            )
+
+    async def test_concurrent_reads(
+        self, upstream: Upstream, truth: list[np.ndarray], origin: tuple[int, int, int]
+    ) -> None:
+        info = await upstream.channel_info(REF)
+        level = info.levels[0]
+        boxes = [c.box for c in plan(level.bounds, Vec3(32, 32, 8), level.origin, level.bounds)]
+        results = await asyncio.gather(*(self._read(upstream, 0, box) for box in boxes))
+        for box, data in zip(boxes, results, strict=True):
+            np.testing.assert_array_equal(data, self._expected(truth, origin, 0, box))
+
+    async def test_unknown_level_is_an_error(self, upstream: Upstream) -> None:
+        info = await upstream.channel_info(REF)
+        with pytest.raises(RelayError):
+            await upstream.read(REF, len(info.levels), info.levels[0].bounds)
+
+    async def test_missing_store_is_an_upstream_error(self, source: SourceSettings,
+                                                      tmp_path: Path) -> None:
+        missing = source.model_copy(update={"url": (tmp_path / "nothing-here").as_uri()})
+        upstream = registry.create(missing)
+        with pytest.raises(UpstreamError):
+            await upstream.channel_info(REF)

@@ -1,0 +1,179 @@
+"""Every cache tier passes CacheTierSuite; then what only the disk and tiered caches promise."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from relay.cache import CacheTier, DiskTier, MemoryTier, TieredCache
+from relay.testing import CacheTierSuite
+from relay.testing.cache_suite import BUDGET, ENTRY, value
+
+
+class TestMemoryTier(CacheTierSuite):
+    def make_tier(self, path: Path, budget: int) -> CacheTier:
+        return MemoryTier(budget)
+
+
+class TestDiskTier(CacheTierSuite):
+    slack = ENTRY + 64 * 1024  # one entry, plus its checksum frame and SQLite's own pages
+
+    def make_tier(self, path: Path, budget: int) -> CacheTier:
+        return DiskTier(path, budget)
+
+
+class TestTieredCacheAsTier(CacheTierSuite):
+    """A TieredCache of one memory tier behaves as that tier."""
+
+    def make_tier(self, path: Path, budget: int) -> CacheTier:
+        return _TieredAdapter(TieredCache([MemoryTier(budget)]))
+
+
+class _TieredAdapter(CacheTier):
+    name = "tiered"
+
+    def __init__(self, cache: TieredCache) -> None:
+        self.cache = cache
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.cache.get(key)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.cache.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.cache.delete(key)
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()["memory"]
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+
+
+# --- disk ------------------------------------------------------------------------------------
+
+
+def _value_files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*.val")]
+
+
+async def test_disk_survives_reopen(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, BUDGET)
+    await tier.put("k", value(1))
+    await tier.aclose()
+    again = DiskTier(tmp_path, BUDGET)
+    assert await again.get("k") == value(1)
+    await again.aclose()
+
+
+async def test_disk_flipped_byte_is_a_miss_and_removed(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, BUDGET)
+    await tier.put("k", value(1))
+    (file,) = _value_files(tmp_path)
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+    assert await tier.get("k") is None
+    assert tier.stats()["corrupt"] == 1
+    assert await tier.get("k") is None  # removed, not re-read as corrupt again
+    assert tier.stats()["corrupt"] == 1
+    await tier.put("k", value(2))  # and the tier keeps working
+    assert await tier.get("k") == value(2)
+    await tier.aclose()
+
+
+async def test_disk_truncated_file_is_a_miss(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, BUDGET)
+    await tier.put("k", value(1))
+    (file,) = _value_files(tmp_path)
+    file.write_bytes(file.read_bytes()[:1000])
+    assert await tier.get("k") is None
+    await tier.aclose()
+
+
+async def test_disk_deleted_file_is_a_miss(tmp_path: Path) -> None:
+    tier = DiskTier(tmp_path, BUDGET)
+    await tier.put("k", value(1))
+    (file,) = _value_files(tmp_path)
+    file.unlink()
+    assert await tier.get("k") is None
+    await tier.aclose()
+
+
+# --- tiered ----------------------------------------------------------------------------------
+
+
+async def test_tiered_promotes_disk_hits_to_memory(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, BUDGET)
+    await disk.put("k", value(1))
+    memory = MemoryTier(BUDGET)
+    cache = TieredCache([memory, disk])
+    assert await cache.get("k") == value(1)
+    assert cache.counters["disk_hits"] == 1
+    assert await memory.get("k") == value(1)
+    assert await cache.get("k") == value(1)
+    assert cache.counters["memory_hits"] == 1
+    await cache.aclose()
+
+
+async def test_tiered_writes_behind_to_disk(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, BUDGET)
+    cache = TieredCache([MemoryTier(BUDGET), disk])
+    await cache.put("k", value(1))
+    await cache.drain()
+    assert cache.pending_writes == 0
+    assert await disk.get("k") == value(1)
+    await cache.aclose()
+
+
+async def test_tiered_drops_writes_past_the_pending_bound(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    class SlowTier(MemoryTier):
+        name = "slow"
+
+        async def put(self, key: str, value: bytes) -> None:
+            await gate.wait()
+            await super().put(key, value)
+
+    slow = SlowTier(BUDGET)
+    cache = TieredCache([MemoryTier(BUDGET), slow], max_pending_bytes=2 * ENTRY)
+    for i in range(4):
+        await cache.put(f"k{i}", value(i))
+    assert cache.pending_writes == 2
+    assert cache.counters["slow_writes_dropped"] == 2
+    gate.set()
+    await cache.drain()
+    assert await slow.get("k0") == value(0)
+    assert await slow.get("k3") is None
+    await cache.aclose()
+
+
+class BrokenTier(CacheTier):
+    name = "broken"
+
+    async def get(self, key: str) -> bytes | None:
+        raise OSError("disk on fire")
+
+    async def put(self, key: str, value: bytes) -> None:
+        raise OSError("disk on fire")
+
+    async def delete(self, key: str) -> None:
+        raise OSError("disk on fire")
+
+    def stats(self) -> dict[str, int]:
+        raise OSError("disk on fire")
+
+
+async def test_tiered_failures_are_misses_not_errors() -> None:
+    memory = MemoryTier(BUDGET)
+    cache = TieredCache([memory, BrokenTier()])
+    assert await cache.get("k") is None
+    await cache.put("k", value(1))
+    await cache.drain()
+    assert await cache.get("k") == value(1)  # memory still serves
+    await cache.delete("k")
+    assert cache.counters["broken_errors"] >= 3
+    assert cache.stats()["broken"] == {}
+    await cache.aclose()

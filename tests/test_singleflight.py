@@ -1,0 +1,83 @@
+"""Single-flight: one computation per key; a cancelled waiter cancels only itself."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+
+from relay.singleflight import SingleFlight
+
+
+async def test_concurrent_callers_share_one_computation() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    calls = 0
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return 42
+
+    waiters = [asyncio.create_task(flights.do("k", work)) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*waiters) == [42] * 50
+    assert calls == 1 and flights.started == 1
+    assert len(flights) == 0
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def work() -> int:
+        await gate.wait()
+        return 7
+
+    leaver = asyncio.create_task(flights.do("k", work))
+    stayer = asyncio.create_task(flights.do("k", work))
+    await asyncio.sleep(0)
+    leaver.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    gate.set()
+    assert await stayer == 7
+    assert flights.started == 1
+
+
+async def test_failure_reaches_every_waiter_and_is_not_remembered() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    attempts = 0
+
+    async def failing() -> int:
+        nonlocal attempts
+        attempts += 1
+        await gate.wait()
+        raise RuntimeError("upstream down")
+
+    waiters = [asyncio.create_task(flights.do("k", failing)) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert attempts == 1
+
+    async def ok() -> int:
+        return 1
+
+    assert await flights.do("k", ok) == 1  # the next call starts afresh
+
+
+async def test_different_keys_run_separately() -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+
+    async def work(k: str) -> str:
+        return k
+
+    got = await asyncio.gather(*(flights.do(k, functools.partial(work, k)) for k in "abc"))
+    assert got == ["a", "b", "c"]
+    assert flights.started == 3
