@@ -1,3 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 pytest.register_assert_rewrite("relay.testing")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from relay.app import create_app  # noqa: E402
+from relay.config import Settings  # noqa: E402
+
+from .volumes import write_fixture  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fixture_sources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The §8 conformance fixture, written once per session."""
+    return write_fixture(tmp_path_factory.mktemp("stores"))
+
+
+def make_settings(sources: list[dict[str, Any]], cache_dir: Path | None,
+                  **cache: Any) -> Settings:
+    return Settings(
+        sources=sources,
+        cache={"disk_dir": cache_dir, "memory_bytes": 256 * 2**20, **cache},
+    )
+
+
+@pytest.fixture
+def client(fixture_sources: list[dict[str, Any]], tmp_path: Path) -> Iterator[TestClient]:
+    """A relay on the fixture, with a fresh memory and disk cache."""
+    app = create_app(make_settings(fixture_sources, tmp_path / "cache"))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
