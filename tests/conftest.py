@@ -36,3 +36,11 @@ def client(fixture_sources: list[dict[str, Any]], tmp_path: Path) -> Iterator[Te
     app = create_app(make_settings(fixture_sources, tmp_path / "cache"))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded demo, generated once per session (as `relay serve` does on first run)."""
+    from relay.demo import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo-root"))

@@ -1,0 +1,105 @@
+"""Relays as real subprocesses on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+READY_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | None,
+                 **cache: Any) -> Path:
+    config = {
+        "server": {"host": "127.0.0.1"},
+        "cache": {"disk_dir": str(cache_dir) if cache_dir else None, **cache},
+        "sources": sources,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class RelayProcess:
+    """``python -m relay serve`` in a subprocess; ``with`` waits for /healthz and stops it."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 port: int | None = None, log: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.args = [sys.executable, "-m", "relay", "serve", "--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RelayProcess:
+        if self.log is not None:
+            with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(self.args, env=self.env, stdout=out,
+                                                stderr=subprocess.STDOUT)
+        else:
+            self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.process.returncode}: {self.args}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling a readiness probe, not waiting for an effect
+        self.stop()
+        raise RuntimeError("relay did not become ready")
+
+    def stop(self) -> int:
+        """SIGTERM (graceful: pending cache writes land), then wait."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def upstream_reads(self) -> int:
+        return int(self.metrics().get("relay_upstream_reads_total", 0))
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
