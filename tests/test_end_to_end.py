@@ -1,0 +1,84 @@
+"""Counted upstream reads and cache bounds, through real relay subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import zarr
+
+from relay.cache import DiskTier
+
+from .servers import RelayProcess, write_config
+from .volumes import truth
+
+CUBOID_BYTES = 512 * 512 * 16  # uint8
+
+
+def decode(body: bytes, shape: tuple[int, ...], dtype: str = "uint8") -> np.ndarray:
+    return np.frombuffer(blosc.decompress(body), dtype=dtype).reshape(shape)
+
+
+async def test_50_concurrent_cold_requests_read_each_cuboid_once(
+    fixture_sources: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache")
+    url = "/v1/cutout/col1/exp1/ch1/0/300:900/200:700/10:30/"  # 2 × 2 × 2 = 8 cuboids
+    with RelayProcess(["--config", str(config)]) as relay:
+        async with httpx.AsyncClient(base_url=relay.url, timeout=60) as client:
+            responses = await asyncio.gather(*(client.get(url) for _ in range(50)))
+        assert {r.status_code for r in responses} == {200}
+        expected = truth("ch1", 0, (300, 200, 10), (900, 700, 30))
+        for response in responses:
+            np.testing.assert_array_equal(decode(response.content, (20, 500, 600)), expected)
+        assert relay.upstream_reads() == 8
+
+
+def test_restart_on_the_same_disk_reads_nothing_upstream(
+    fixture_sources: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache")
+    urls = ["/v1/cutout/col1/exp1/ch1/0/0:1000/0:600/0:20/",
+            "/v1/cutout/col1/exp1/anno/1/0:300/0:300/0:16/",
+            "/v1/cutout/col1/exp1/ch16/2/100:400/0:200/40:60/"]
+    with RelayProcess(["--config", str(config)]) as relay:
+        first = [httpx.get(relay.url + u, timeout=60).content for u in urls]
+        assert relay.upstream_reads() > 0
+    with RelayProcess(["--config", str(config)]) as relay:
+        second = [httpx.get(relay.url + u, timeout=60).content for u in urls]
+        assert relay.upstream_reads() == 0
+        assert relay.metrics()["relay_cache_disk_hits_total"] > 0
+    assert [blosc.decompress(b) for b in first] == [blosc.decompress(b) for b in second]
+
+
+def test_tiers_stay_within_their_budgets(tmp_path: Path) -> None:
+    # incompressible voxels, so packed cuboids are as big as raw ones: 32 cuboids, 128 MiB
+    data = np.random.default_rng(3).integers(0, 256, (64, 1024, 2048), dtype=np.uint8)
+    store = zarr.create_array(str(tmp_path / "noise.zarr"), shape=data.shape,
+                              chunks=(16, 512, 512), dtype="uint8", zarr_format=3)
+    store[...] = data
+    sources = [{"collection": "c", "experiment": "e", "channel": "noise", "kind": "zarr",
+                "url": str(tmp_path / "noise.zarr")}]
+    memory_budget, disk_budget = 6 * CUBOID_BYTES, 10 * CUBOID_BYTES
+    config = write_config(tmp_path / "relay.yaml", sources, tmp_path / "cache",
+                          memory_bytes=memory_budget, disk_bytes=disk_budget)
+    with RelayProcess(["--config", str(config)]) as relay:
+        for z0 in range(0, 64, 16):
+            response = httpx.get(
+                relay.url + f"/v1/cutout/c/e/noise/0/0:2048/0:1024/{z0}:{z0 + 16}/", timeout=60
+            )
+            assert response.status_code == 200
+            np.testing.assert_array_equal(decode(response.content, (16, 1024, 2048)),
+                                          data[z0:z0 + 16])
+            metrics = relay.metrics()
+            assert 0 < metrics["relay_cache_memory_bytes"] <= memory_budget
+            assert metrics["relay_cache_disk_bytes"] <= disk_budget + CUBOID_BYTES + 2**16
+        relay.stop()  # graceful: write-behind drains
+    disk = DiskTier(tmp_path / "cache", disk_budget)
+    size = disk.stats()["bytes"]
+    asyncio.run(disk.aclose())
+    assert disk_budget // 2 < size <= disk_budget + CUBOID_BYTES + 2**16
