@@ -6,7 +6,7 @@ precomputed for seg), never from the relay.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ def remote(relay: RelayProcess) -> BossRemote:
     return BossRemote({"protocol": "http", "host": relay.host, "token": "public"})
 
 
-def store_truth(demo_dir: Path, channel: str, res: int, x: tuple[int, int], y: tuple[int, int],
-                z: tuple[int, int]) -> np.ndarray:
+def store_truth(demo_dir: Path, channel: str, res: int, x: Sequence[int], y: Sequence[int],
+                z: Sequence[int]) -> np.ndarray:
     if channel == "seg":
         volume = CloudVolume((demo_dir / "precomputed" / "seg").as_uri(), mip=res,
                              progress=False)
@@ -79,7 +79,7 @@ def test_small_cutouts_every_dtype_and_resolution(remote: BossRemote, demo_dir: 
     box = ([x_stop - 300 // (res + 1), x_stop], [y_stop - 77, y_stop], [z - 23, z])
     data = remote.get_cutout(channel, res, *box)
     assert data.dtype == np.dtype(CHANNELS[name])
-    np.testing.assert_array_equal(data, store_truth(demo_dir, name, res, *map(tuple, box)))
+    np.testing.assert_array_equal(data, store_truth(demo_dir, name, res, *box))
 
 
 def test_big_cutout_is_split_by_intern_and_correct(remote: BossRemote, demo_dir: Path,
@@ -88,7 +88,7 @@ def test_big_cutout_is_split_by_intern_and_correct(remote: BossRemote, demo_dir:
     box = ([0, 1024], [0, 1000], [0, 33])  # 33.8 M voxels > 30.2 M: intern splits it
     assert 1024 * 1000 * 33 > 1.2 * 512 * 512 * 96
     data = remote.get_cutout(channel, 0, *box)
-    np.testing.assert_array_equal(data, store_truth(demo_dir, "em", 0, *map(tuple, box)))
+    np.testing.assert_array_equal(data, store_truth(demo_dir, "em", 0, *box))
 
 
 def test_time_range_through_intern(remote: BossRemote, demo_dir: Path) -> None:
