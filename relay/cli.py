@@ -1,4 +1,5 @@
-"""``relay serve [--config FILE] [--host H] [--port P]`` (``python -m relay`` is the same).
+"""``relay serve [--config FILE] [--host H] [--port P]`` and ``relay demo [--dir DIR]``
+(``python -m relay`` is the same program).
 
 Without ``--config`` (or ``RELAY_CONFIG``) it serves the embedded demo, generating it first if
 needed. Errors a user can fix (a bad config, a busy port) end the program with one line on
@@ -33,7 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (overrides the config)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+    demo = commands.add_parser(
+        "demo", help="generate the embedded demo dataset and print a config that serves it"
+    )
+    demo.add_argument("--dir", type=Path, help="where to put it (default: $RELAY_DEMO_DIR, "
+                      "else ~/.cache/relay/demo)")
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .demo import demo_sources, ensure_demo
+
+    directory = ensure_demo(args.dir)
+    print(f"relay: demo dataset in {directory}", file=sys.stderr)
+    print(yaml.safe_dump({"sources": demo_sources(directory)}, sort_keys=False), end="")
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,8 +78,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "demo":
+        return _demo(args)
     try:
         settings = _settings(args)
     except ConfigFileError as exc:

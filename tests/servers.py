@@ -38,9 +38,13 @@ class RelayProcess:
     """``python -m relay serve`` in a subprocess; ``with`` waits for /healthz and stops it."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 port: int | None = None, log: Path | None = None) -> None:
+                 port: int | None = None, log: Path | None = None,
+                 command: list[str] | None = None) -> None:
+        """``command`` replaces ``python -m relay serve --port P``; it must then take the port
+        from ``env`` (``RELAY_SERVER__PORT``)."""
         self.port = port or free_port()
-        self.args = [sys.executable, "-m", "relay", "serve", "--port", str(self.port), *args]
+        self.args = [*(command or [sys.executable, "-m", "relay", "serve", "--port",
+                                   str(self.port)]), *args]
         self.env = {**os.environ, **(env or {})}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,58 @@
+"""The command line: the demo generator, and the exact command the Docker image runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import blosc
+import httpx
+import numpy as np
+import yaml
+import zarr
+
+from relay.config import Settings
+
+from .servers import RelayProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_serve_loopback_port_8000() -> None:
+    settings = Settings()
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8000)
+
+
+def test_relay_demo_prints_a_config_that_serves_it(demo_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "demo", "--dir", str(demo_dir.parent)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    config = yaml.safe_load(result.stdout)
+    assert [s["channel"] for s in config["sources"]] == ["em", "seg", "prob"]
+    assert Settings(**config).sources[0].kind == "zarr"
+
+
+def test_the_docker_entry_command(demo_dir: Path, tmp_path: Path) -> None:
+    """`relay serve --config /config/relay.yaml` with the image's config file, outside Docker:
+    only the environment differs (loopback, a free port, a temp cache)."""
+    relay_bin = shutil.which("relay", path=str(Path(sys.executable).parent))
+    assert relay_bin is not None, "the console script `relay` is installed"
+    port = free_port()
+    env = {"RELAY_DEMO_DATA": str(demo_dir), "RELAY_SERVER__HOST": "127.0.0.1",
+           "RELAY_SERVER__PORT": str(port), "RELAY_CACHE_DIR": str(tmp_path / "cache")}
+    command = [relay_bin, "serve", "--config", str(ROOT / "docker" / "relay.yaml")]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["relay", "serve", "--config", "/config/relay.yaml"]' in dockerfile
+    assert "COPY docker/relay.yaml /config/relay.yaml" in dockerfile
+    with RelayProcess([], env=env, port=port, command=command):
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/v1/cutout/demo/synthetic/em/1/0:300/0:200/5:9/", timeout=60
+        )
+        assert response.status_code == 200
+        expected = zarr.open_array(str(demo_dir / "em.ome.zarr" / "1"), mode="r")[5:9, :200, :300]
+        got = np.frombuffer(blosc.decompress(response.content), np.uint8).reshape(4, 200, 300)
+        np.testing.assert_array_equal(got, expected)
+    assert (tmp_path / "cache").is_dir()  # the cache went where the config said
