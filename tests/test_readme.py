@@ -48,7 +48,8 @@ def test_curl_then_python_examples(relay: RelayProcess, tmp_path: Path) -> None:
 
     out = run(["bash", "-euo", "pipefail", "-c"], _blocks("sh")[0])
     assert '"collections":["demo"]' in out
-    assert '{"status":400,"code":1001,"message":"Incorrect cutout arguments 0/0:2000/0:10/0:10"}' in out
+    error = '{"status":400,"code":1001,"message":"Incorrect cutout arguments 0/0:2000/0:10/0:10"}'
+    assert error in out
     decode, intern_example = _blocks("python")
     assert run([sys.executable, "-c"], decode).split() == [
         "(16,", "512,", "512)", "uint8", "(10,", "200,", "200)", "uint64"]
