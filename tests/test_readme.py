@@ -53,7 +53,7 @@ def test_curl_then_python_examples(relay: RelayProcess, tmp_path: Path) -> None:
     decode, intern_example = _blocks("python")
     assert run([sys.executable, "-c"], decode).split() == [
         "(16,", "512,", "512)", "uint8", "(10,", "200,", "200)", "uint64"]
-    out = run([sys.executable, "-c"], intern_example).splitlines()
-    assert out[0] == "['demo']"
-    assert out[1] == "(16, 1024, 1024) uint8"
-    assert out[2].startswith("(64, 1024, 1024) ")
+    lines = run([sys.executable, "-c"], intern_example).splitlines()
+    assert lines[0] == "['demo']"
+    assert lines[1] == "(16, 1024, 1024) uint8"
+    assert lines[2].startswith("(64, 1024, 1024) ")
