@@ -100,20 +100,25 @@ class CutoutService:
         return out if request.times is not None else out[0]
 
     async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> np.ndarray:
+        key = cache_key(request.channel, request.resolution, t, cuboid)
+        # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
+        # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
+        # join would read upstream twice. A refresh must not join a lookup: it has its own key.
+        flight = key + "#refresh" if request.refresh else key
+        return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
+
+    async def _load(self, key: str, request: CutoutRequest, t: int, box: Box) -> np.ndarray:
         channel = request.channel
-        key = cache_key(channel, request.resolution, t, cuboid)
         use_cache = self.cache is not None and channel.source.cache
         if use_cache and not request.refresh:
             assert self.cache is not None
             packed = await self.cache.get(key)
             if packed is not None:
-                data = await self._unpack(packed, channel, cuboid.box)
+                data = await self._unpack(packed, channel, box)
                 if data is not None:
                     return data
                 await self.cache.delete(key)
-        return await self.flights.do(
-            key, lambda: self._fetch(key, request, t, cuboid.box, use_cache)
-        )
+        return await self._fetch(key, request, t, box, use_cache)
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool

@@ -37,12 +37,17 @@ class TieredCache:
         self.max_pending_bytes = max_pending_bytes
         self._pending: set[asyncio.Task[None]] = set()
         self._pending_bytes = 0
+        # Values on their way to a slower tier, readable meanwhile: a get between a put and its
+        # write-behind landing must not miss (with the memory tier off or evicted, it would
+        # send the request upstream again).
+        self._in_transit: dict[str, bytes] = {}
         self.counters: dict[str, int] = {}
         self._logged: set[tuple[str, str]] = set()
         for tier in self.tiers:
             for event in ("hits", "errors", "writes_dropped"):
                 self.counters[f"{tier.name}_{event}"] = 0
         self.counters["misses"] = 0
+        self.counters["in_transit_hits"] = 0
 
     async def get(self, key: str) -> bytes | None:
         for depth, tier in enumerate(self.tiers):
@@ -52,6 +57,10 @@ class TieredCache:
                 for upper in self.tiers[:depth]:  # promote
                     await self._put_one(upper, key, value, depth=self.tiers.index(upper))
                 return value
+        value = self._in_transit.get(key)
+        if value is not None:
+            self.counters["in_transit_hits"] += 1
+            return value
         self.counters["misses"] += 1
         return None
 
@@ -67,6 +76,7 @@ class TieredCache:
             self.counters[f"{tier.name}_writes_dropped"] += 1
             return
         self._pending_bytes += len(value)
+        self._in_transit[key] = value
         task = asyncio.create_task(self._write_behind(tier, key, value))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -76,8 +86,11 @@ class TieredCache:
             await self._guard(tier, "put", functools.partial(tier.put, key, value))
         finally:
             self._pending_bytes -= len(value)
+            if self._in_transit.get(key) is value:
+                del self._in_transit[key]
 
     async def delete(self, key: str) -> None:
+        self._in_transit.pop(key, None)
         for tier in self.tiers:
             await self._guard(tier, "delete", functools.partial(tier.delete, key))
 

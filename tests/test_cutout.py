@@ -1,0 +1,192 @@
+"""The read path with a fault-injecting upstream: counted reads, races, bad upstream answers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relay.cache import CacheTier, MemoryTier, TieredCache
+from relay.catalog import Catalog
+from relay.config import SourceSettings
+from relay.cutout import CutoutRequest, CutoutService
+from relay.errors import UpstreamError
+from relay.geometry import Box, Vec3
+from relay.metrics import Metrics
+from relay.upstreams.base import ChannelInfo, ChannelRef, Level, Registry, Upstream
+
+REF = ChannelRef("c", "e", "ch")
+BOUNDS = Box.of((0, 0, 0), (40, 30, 20))
+VOLUME = np.random.default_rng(0).integers(0, 2**16, BOUNDS.shape_zyx, dtype=np.uint16)
+
+
+class FakeUpstream(Upstream):
+    """Serves VOLUME on a 16×16×8 grid; tests change ``mode`` to inject faults."""
+
+    kind = "fake"
+    mode = "ok"
+
+    def __init__(self, source: SourceSettings) -> None:
+        super().__init__(source)
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+        level = Level((4.0, 4.0, 40.0), BOUNDS, Vec3(16, 16, 8), Vec3(0, 0, 0))
+        return ChannelInfo(np.dtype("<u2"), "image", (level,))
+
+    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        data = VOLUME[box.zyx_slices()]
+        if self.mode == "error":
+            raise UpstreamError("upstream down")
+        if self.mode == "short":
+            return data[:, :, :-1]
+        if self.mode == "dtype":
+            return data.astype(np.uint8)
+        if self.mode == "none":
+            return None
+        return data
+
+
+class SlowGetTier(MemoryTier):
+    """A tier whose lookups wait for ``release`` and whose writes never land (a disk tier
+    with its worker threads busy)."""
+
+    name = "slow"
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget)
+        self.release = asyncio.Event()
+
+    async def get(self, key: str) -> bytes | None:
+        await self.release.wait()
+        return await super().get(key)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await asyncio.Event().wait()
+
+
+async def _service(tiers: list[CacheTier]) -> tuple[CutoutService, FakeUpstream, Any]:
+    registry = Registry()
+    registry.register("fake", FakeUpstream)
+    source = SourceSettings(collection="c", experiment="e", channel="ch", kind="zarr", url="x")
+    source = source.model_copy(update={"kind": "fake"})
+    catalog = Catalog([source], registry)
+    service = CutoutService(catalog, TieredCache(tiers) if tiers else None, Metrics())
+    channel = await catalog.channel(REF)
+    upstream = channel.upstream
+    assert isinstance(upstream, FakeUpstream)
+    return service, upstream, channel
+
+
+def _request(channel: Any, box: Box, refresh: bool = False) -> CutoutRequest:
+    return CutoutRequest(channel, 0, box, refresh=refresh)
+
+
+async def test_reads_assemble_ground_truth_and_hit_the_cache() -> None:
+    service, upstream, channel = await _service([MemoryTier(2**24)])
+    box = Box.of((3, 5, 2), (37, 29, 19))
+    np.testing.assert_array_equal(await service.read(_request(channel, box)),
+                                  VOLUME[box.zyx_slices()])
+    assert upstream.reads == 3 * 2 * 3
+    np.testing.assert_array_equal(await service.read(_request(channel, box)),
+                                  VOLUME[box.zyx_slices()])
+    assert upstream.reads == 3 * 2 * 3
+
+
+async def _until(condition: Any) -> None:
+    """Let other tasks run until ``condition()`` holds (bounded: no wall-clock waiting)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_a_lookup_that_outlives_a_fetch_does_not_read_upstream_again() -> None:
+    """The race a check-then-join cache lookup has: request 2 misses memory, waits on a slow
+    tier while request 1's fetch lands and leaves, then misses the slow tier (its write has
+    not landed) and would start a second fetch."""
+    slow = SlowGetTier(2**24)
+    service, upstream, channel = await _service([MemoryTier(2**24), slow])
+    upstream.gate = asyncio.Event()
+    box = Box.of((0, 0, 0), (16, 16, 8))
+    slow.release.set()  # request 1's lookup passes straight through
+    first = asyncio.create_task(service.read(_request(channel, box)))
+    await _until(lambda: upstream.reads == 1)
+    slow.release.clear()  # request 2's lookup will hang in the slow tier
+    second = asyncio.create_task(service.read(_request(channel, box)))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    upstream.gate.set()
+    await first
+    slow.release.set()
+    a, b = await asyncio.gather(first, second)
+    assert upstream.reads == 1
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["error", "short", "dtype"])
+async def test_bad_upstream_answers_are_errors_and_never_cached(mode: str) -> None:
+    memory = MemoryTier(2**24)
+    service, upstream, channel = await _service([memory])
+    upstream.mode = mode
+    box = Box.of((0, 0, 0), (20, 20, 8))
+    with pytest.raises(UpstreamError):
+        await service.read(_request(channel, box))
+    assert memory.stats()["entries"] == 0 or mode == "short"  # other cuboids may have landed
+    upstream.mode = "ok"
+    np.testing.assert_array_equal(await service.read(_request(channel, box)),
+                                  VOLUME[box.zyx_slices()])
+
+
+async def test_no_data_reads_as_zeros() -> None:
+    service, upstream, channel = await _service([])
+    upstream.mode = "none"
+    data = await service.read(_request(channel, Box.of((0, 0, 0), (5, 5, 5))))
+    assert data.dtype == np.uint16 and not data.any()
+
+
+async def test_a_corrupt_cache_entry_is_refetched() -> None:
+    memory = MemoryTier(2**24)
+    service, upstream, channel = await _service([memory])
+    box = Box.of((0, 0, 0), (16, 16, 8))
+    await service.read(_request(channel, box))
+    (key,) = list(memory._entries)
+    await memory.put(key, b"RLC1garbage")
+    np.testing.assert_array_equal(await service.read(_request(channel, box)),
+                                  VOLUME[box.zyx_slices()])
+    assert upstream.reads == 2
+    assert service.metrics.counters["cache_bad_entries_total"] == 1
+
+
+async def test_refresh_rereads_even_while_a_lookup_is_in_flight() -> None:
+    service, upstream, channel = await _service([MemoryTier(2**24)])
+    box = Box.of((0, 0, 0), (16, 16, 8))
+    await service.read(_request(channel, box))
+    await service.read(_request(channel, box, refresh=True))
+    assert upstream.reads == 2
+
+
+async def test_write_behind_values_are_readable_before_they_land() -> None:
+    gate = asyncio.Event()
+
+    class GatedTier(MemoryTier):
+        name = "gated"
+
+        async def put(self, key: str, value: bytes) -> None:
+            await gate.wait()
+            await super().put(key, value)
+
+    cache = TieredCache([MemoryTier(0), GatedTier(2**24)])  # memory tier keeps nothing
+    await cache.put("k", b"v")
+    assert cache.pending_writes == 1
+    assert await cache.get("k") == b"v"
+    gate.set()
+    await cache.drain()
+    assert await cache.get("k") == b"v"
