@@ -75,6 +75,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _check_cache_dir(settings: Settings) -> str | None:
+    """Fail fast, in one line, on a disk cache directory the relay cannot write."""
+    directory = settings.cache.disk_dir
+    if directory is None or settings.cache.disk_bytes == 0:
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".relay-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot use cache.disk_dir {directory}: {exc.strerror or exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -88,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return 2
+    problem = _check_cache_dir(settings)
+    if problem:
+        print(f"relay: {problem}", file=sys.stderr)
+        return 1
     import uvicorn
 
     from .app import create_app

@@ -56,3 +56,15 @@ def test_the_docker_entry_command(demo_dir: Path, tmp_path: Path) -> None:
         got = np.frombuffer(blosc.decompress(response.content), np.uint8).reshape(4, 200, 300)
         np.testing.assert_array_equal(got, expected)
     assert (tmp_path / "cache").is_dir()  # the cache went where the config said
+
+
+def test_an_unusable_cache_dir_fails_fast_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "relay.yaml"
+    config.write_text(f"cache:\n  disk_dir: {blocker / 'cache'}\n")
+    result = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("relay: cannot use cache.disk_dir")
+    assert "Traceback" not in result.stderr
