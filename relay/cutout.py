@@ -10,7 +10,6 @@ relay would rather fail a request than serve a wrong voxel.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,11 +46,11 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan) -> 
     """A readable, versioned key. The upstream identity is hashed: it may hold a URL with
     credentials, and a key must never name a path a client chose."""
     level = channel.info.levels[resolution]
-    identity = hashlib.sha256(channel.upstream.identity.encode()).hexdigest()[:16]
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
     return (
-        f"{KEY_VERSION}/{channel.upstream.kind}-{identity}/{ref.collection}/{ref.experiment}/"
+        f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/"
+        f"{ref.collection}/{ref.experiment}/"
         f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
     )
 

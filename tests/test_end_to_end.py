@@ -82,3 +82,24 @@ def test_tiers_stay_within_their_budgets(tmp_path: Path) -> None:
     size = disk.stats()["bytes"]
     asyncio.run(disk.aclose())
     assert disk_budget // 2 < size <= disk_budget + CUBOID_BYTES + 2**16
+
+
+def test_a_source_pointed_at_another_store_never_serves_the_old_bytes(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from relay.app import create_app
+
+    from .conftest import make_settings
+
+    url = "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"
+    for seed in (1, 2):
+        data = np.random.default_rng(seed).integers(0, 256, (8, 64, 64), dtype=np.uint8)
+        store = tmp_path / f"store{seed}.zarr"
+        array = zarr.create_array(str(store), shape=data.shape, chunks=(8, 32, 32),
+                                  dtype="uint8")
+        array[...] = data
+        sources = [{"collection": "c", "experiment": "e", "channel": "ch", "kind": "zarr",
+                    "url": str(store)}]
+        # the same names and the same disk cache directory, a different store
+        with TestClient(create_app(make_settings(sources, tmp_path / "cache"))) as client:
+            np.testing.assert_array_equal(decode(client.get(url).content, (8, 64, 64)), data)

@@ -12,6 +12,8 @@ is only needed by those who use that kind) merged with the entry-point group
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import logging
 from abc import ABC, abstractmethod
@@ -96,6 +98,11 @@ class Upstream(ABC):
     def identity(self) -> str:
         """What makes this store's bytes this store's: part of every cache key."""
         return f"{self.kind}:{self.source.url}:{self.source.channel_index}"
+
+    @functools.cached_property
+    def identity_digest(self) -> str:
+        """``identity`` hashed, for cache keys: it may hold a URL with credentials."""
+        return hashlib.sha256(self.identity.encode()).hexdigest()[:16]
 
     @abstractmethod
     async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
