@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api import boss, ops
-from .api.middleware import EdgeMiddleware
+from .api.middleware import AuthMiddleware, EdgeMiddleware
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
 from .catalog import Catalog
 from .config import Settings
@@ -26,7 +26,8 @@ from .errors import (
     UnsupportedVersion,
 )
 from .metrics import Metrics
-from .upstreams.base import Registry, registry
+from .upstreams._http import HttpPool
+from .upstreams.base import Registry, UpstreamContext, registry
 
 __all__ = ["build_cache", "create_app"]
 
@@ -80,7 +81,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache = build_cache(settings)
-        catalog = Catalog(settings.sources, upstreams)
+        http = HttpPool()
+        catalog = Catalog(settings.sources, upstreams, UpstreamContext(http))
         metrics = Metrics()
         app.state.settings = settings
         app.state.cache = cache
@@ -93,6 +95,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
             if cache is not None:
                 await cache.aclose()  # lets write-behind land before the process exits
             await catalog.aclose()
+            await http.aclose()
 
     app = FastAPI(
         title="relay",
@@ -108,5 +111,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
+    if settings.server.tokens:
+        app.add_middleware(AuthMiddleware, tokens=settings.server.tokens)
+    # added last, so outermost: its CORS headers reach every response, 401s included
     app.add_middleware(EdgeMiddleware, cors_origins=settings.server.cors_origins)
     return app

@@ -27,6 +27,8 @@ from .errors import DatatypeMismatch, NotAcceptable, Unsupported4D
 __all__ = [
     "DTYPES",
     "MediaType",
+    "check_jpeg",
+    "decode_blosc",
     "encode",
     "negotiate",
     "pack_cuboid",
@@ -120,6 +122,20 @@ def check_jpeg(dtype: np.dtype[np.generic], time_request: bool) -> None:
         raise Unsupported4D("The cutout service JPEG interface does not support 4D cutouts")
     if dtype != np.uint8:
         raise DatatypeMismatch("The cutout service JPEG interface only supports uint8 image data")
+
+
+def decode_blosc(body: bytes, dtype: np.dtype[np.generic], shape: tuple[int, ...]) -> np.ndarray:
+    """A Blosc1 frame of C-order voxels, checked for exactly the bytes ``shape`` needs;
+    ValueError on anything else (an HTML page, a short body, the wrong dtype's length)."""
+    try:
+        raw = blosc.decompress(body)
+    except Exception as exc:  # blosc raises bare RuntimeError/ValueError/TypeError
+        raise ValueError(f"not a Blosc frame ({type(exc).__name__})") from exc
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"decoded {len(raw)} bytes where {expected} were expected")
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return array
 
 
 def _blosc(array: np.ndarray) -> bytes:

@@ -54,6 +54,9 @@ class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     cors_origins: tuple[str, ...] = ("*",)
+    #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
+    #: (or ``Bearer``); otherwise 401
+    tokens: tuple[str, ...] | None = None
 
 
 class CacheSettings(_Model):
@@ -88,7 +91,19 @@ class SourceSettings(_Model):
     description: str = ""
     cache: bool = True
     ttl_seconds: float | None = None
+    #: remote sources: the credential sent upstream (BossDB: ``Authorization: Token …``)
     token: str | None = None
+    #: boss sources: send each caller's own Authorization upstream instead of ``token``; cached
+    #: entries are then partitioned by a hash of it
+    forward_client_token: bool = False
+    #: remote sources: how long upstream metadata is trusted before it is asked again
+    metadata_ttl_seconds: float = Field(60.0, ge=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    #: seconds for one upstream call, retries included
+    timeout: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    #: dvid sources: the node (a UUID, a unique prefix, or ``:branch``) and the data instance
     uuid: str | None = None
     instance: str | None = None
 

@@ -22,6 +22,7 @@ from .geometry import Box
 from .metrics import Metrics
 from .planner import CuboidPlan, plan
 from .singleflight import SingleFlight
+from .upstreams.base import token_digest
 
 __all__ = ["CutoutRequest", "CutoutService", "cache_key"]
 
@@ -40,16 +41,21 @@ class CutoutRequest:
     box: Box
     times: range | None = None  # None: a 3-D request at t = 0
     refresh: bool = False       # re-read upstream and replace the cached cuboids
+    token: str | None = None    # the caller's Authorization, for sources that forward it
 
 
-def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan) -> str:
+def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
+              token: str | None = None) -> str:
     """A readable, versioned key. The upstream identity is hashed: it may hold a URL with
-    credentials, and a key must never name a path a client chose."""
+    credentials, and a key must never name a path a client chose. A source that forwards each
+    caller's token keeps a partition per token (hashed), so nobody receives bytes fetched with
+    somebody else's credential."""
     level = channel.info.levels[resolution]
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
+    partition = f"p-{token_digest(token)}/" if channel.source.forward_client_token else ""
     return (
-        f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/"
+        f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
         f"{ref.collection}/{ref.experiment}/"
         f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
     )
@@ -99,7 +105,7 @@ class CutoutService:
         return out if request.times is not None else out[0]
 
     async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> np.ndarray:
-        key = cache_key(request.channel, request.resolution, t, cuboid)
+        key = cache_key(request.channel, request.resolution, t, cuboid, request.token)
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
@@ -125,7 +131,8 @@ class CutoutService:
         channel = request.channel
         self.metrics.inc("upstream_reads_total")
         try:
-            data = await channel.upstream.read(channel.ref, request.resolution, box, t)
+            data = await channel.upstream.read(channel.ref, request.resolution, box, t,
+                                               request.token)
         except UpstreamError:
             self.metrics.inc("upstream_errors_total")
             raise

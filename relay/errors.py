@@ -15,6 +15,7 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     │   └── UnsupportedVersion (400, 9003)       /v0.x/
     ├── NotFound (404, 2004)                     no such route
     │   └── ResourceNotFound (404, 4000)         no such collection / experiment / channel / frame
+    ├── Unauthorized (401, 3004)                 server.tokens is set and the caller has none
     ├── MethodNotAllowed (405, 1006)
     ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
     ├── RequestTooLarge (413, 2000)              > 520 MiB uncompressed
@@ -43,6 +44,7 @@ __all__ = [
     "RequestTooLarge",
     "ResourceNotFound",
     "TypeError_",
+    "Unauthorized",
     "Unsupported4D",
     "UnsupportedVersion",
     "UpstreamError",
@@ -55,8 +57,10 @@ _MAX_MESSAGE = 300
 
 
 class RelayError(Exception):
-    status: ClassVar[int] = 500
-    code: ClassVar[int] = 9002
+    # Plain attributes, not ClassVars: an upstream's own error keeps its status and code
+    # across a chain (``upstreams._http.PassThroughError`` sets them per instance).
+    status: int = 500
+    code: int = 9002
     default_message: ClassVar[str] = "Internal error"
 
     def __init__(self, message: str | None = None) -> None:
@@ -117,6 +121,12 @@ class NotFound(RelayError):
 
 class ResourceNotFound(NotFound):
     code = 4000
+
+
+class Unauthorized(RelayError):
+    status = 401
+    code = 3004
+    default_message = "Access denied, are you logged in? Send 'Authorization: Token <token>'"
 
 
 class MethodNotAllowed(RelayError):

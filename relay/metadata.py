@@ -24,8 +24,8 @@ __all__ = [
     "downsample_json",
     "experiment_json",
     "experiment_view",
-    "find_frame",
     "frame_name",
+    "local_frames",
 ]
 
 CREATOR = "relay"
@@ -54,20 +54,24 @@ def frame_name(collection: str, experiment: str) -> str:
     return f"{collection}_{experiment}"
 
 
-async def experiment_view(catalog: Catalog, collection: str, experiment: str) -> ExperimentView:
-    names = catalog.channels(collection, experiment)
-    channels = [await catalog.channel(ChannelRef(collection, experiment, n)) for n in names]
+async def experiment_view(catalog: Catalog, collection: str, experiment: str,
+                          token: str | None = None) -> ExperimentView:
+    names = await catalog.channels(collection, experiment, token)
+    channels = [await catalog.channel(ChannelRef(collection, experiment, n), token)
+                for n in names]
     if not channels:
         raise ResourceNotFound(f"Experiment {experiment} has no channels")
     return ExperimentView(collection, experiment, channels)
 
 
-async def find_frame(catalog: Catalog, name: str) -> ExperimentView:
-    for collection in catalog.collections():
-        for experiment in catalog.experiments(collection):
-            if frame_name(collection, experiment) == name:
-                return await experiment_view(catalog, collection, experiment)
-    raise ResourceNotFound(f"{name} does not exist.")
+def local_frames(catalog: Catalog) -> dict[str, tuple[str, str]]:
+    """Frame name → (collection, experiment) for the experiments this relay describes itself."""
+    frames: dict[str, tuple[str, str]] = {}
+    for source, upstream in catalog.entries:
+        if not upstream.passthrough and "*" not in (source.collection, source.experiment):
+            name = frame_name(source.collection, source.experiment)
+            frames.setdefault(name, (source.collection, source.experiment))
+    return frames
 
 
 def collection_json(name: str, experiments: list[str]) -> dict[str, Any]:

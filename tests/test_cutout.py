@@ -15,7 +15,14 @@ from relay.cutout import CutoutRequest, CutoutService
 from relay.errors import UpstreamError
 from relay.geometry import Box, Vec3
 from relay.metrics import Metrics
-from relay.upstreams.base import ChannelInfo, ChannelRef, Level, Registry, Upstream
+from relay.upstreams.base import (
+    ChannelInfo,
+    ChannelRef,
+    Level,
+    Registry,
+    Upstream,
+    UpstreamContext,
+)
 
 REF = ChannelRef("c", "e", "ch")
 BOUNDS = Box.of((0, 0, 0), (40, 30, 20))
@@ -28,16 +35,17 @@ class FakeUpstream(Upstream):
     kind = "fake"
     mode = "ok"
 
-    def __init__(self, source: SourceSettings) -> None:
-        super().__init__(source)
+    def __init__(self, source: SourceSettings, context: UpstreamContext | None = None) -> None:
+        super().__init__(source, context)
         self.reads = 0
         self.gate: asyncio.Event | None = None
 
-    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+    async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         level = Level((4.0, 4.0, 40.0), BOUNDS, Vec3(16, 16, 8), Vec3(0, 0, 0))
         return ChannelInfo(np.dtype("<u2"), "image", (level,))
 
-    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0,
+                   token: str | None = None) -> np.ndarray | None:
         self.reads += 1
         if self.gate is not None:
             await self.gate.wait()

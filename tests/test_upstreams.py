@@ -161,10 +161,11 @@ def test_third_party_kind_via_register(tmp_path: Path) -> None:
     class NullUpstream(Upstream):
         kind = "null"
 
-        async def channel_info(self, ref: ChannelRef) -> Any:
+        async def channel_info(self, ref: ChannelRef, token: str | None = None) -> Any:
             raise NotImplementedError
 
-        async def read(self, ref: ChannelRef, level: int, box: Any, t: int = 0) -> None:
+        async def read(self, ref: ChannelRef, level: int, box: Any, t: int = 0,
+                       token: str | None = None) -> None:
             return None
 
     fresh = Registry()

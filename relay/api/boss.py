@@ -27,6 +27,7 @@ from ..errors import (
     InvalidResolution,
     InvalidUrl,
     NotFound,
+    RelayError,
     RequestTooLarge,
     ResourceNotFound,
     TypeError_,
@@ -75,61 +76,98 @@ def _names(*pairs: tuple[str, str]) -> None:
 
 async def _channel(request: Request, collection: str, experiment: str, channel: str) -> Channel:
     _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    return await _catalog(request).channel(ChannelRef(collection, experiment, channel))
+    return await _catalog(request).channel(ChannelRef(collection, experiment, channel),
+                                           caller_token(request))
 
 
 # --- resources ------------------------------------------------------------------------------
 
 
+def caller_token(request: Request) -> str | None:
+    """The caller's Authorization header value, as a forwarding source sends it upstream."""
+    return request.headers.get("authorization")
+
+
 async def list_collections(request: Request) -> dict[str, Any]:
-    return {"collections": _catalog(request).collections()}
+    return {"collections": await _catalog(request).collections(caller_token(request))}
 
 
-async def get_collection(request: Request, collection: str) -> dict[str, Any]:
+async def get_collection(request: Request, collection: str) -> Any:
     _names(("Collection", collection))
-    experiments = _catalog(request).experiments(collection)
-    return metadata.collection_json(collection, experiments)
+    catalog, token = _catalog(request), caller_token(request)
+    upstream = catalog.passthrough(collection)
+    if upstream is not None:
+        return await upstream.boss_json(f"collection/{collection}/", token)
+    return metadata.collection_json(collection, await catalog.experiments(collection, token))
 
 
 async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
     _names(("Collection", collection))
-    return {"experiments": _catalog(request).experiments(collection)}
+    experiments = await _catalog(request).experiments(collection, caller_token(request))
+    return {"experiments": experiments}
 
 
-async def get_experiment(request: Request, collection: str, experiment: str) -> dict[str, Any]:
+async def get_experiment(request: Request, collection: str, experiment: str) -> Any:
     _names(("Collection", collection), ("Experiment", experiment))
-    view = await metadata.experiment_view(_catalog(request), collection, experiment)
+    catalog, token = _catalog(request), caller_token(request)
+    upstream = catalog.passthrough(collection, experiment)
+    if upstream is not None:
+        return await upstream.boss_json(f"collection/{collection}/experiment/{experiment}/",
+                                        token)
+    view = await metadata.experiment_view(catalog, collection, experiment, token)
     return metadata.experiment_json(view)
 
 
 async def list_channels(request: Request, collection: str, experiment: str) -> dict[str, Any]:
     _names(("Collection", collection), ("Experiment", experiment))
-    return {"channels": _catalog(request).channels(collection, experiment)}
+    channels = await _catalog(request).channels(collection, experiment, caller_token(request))
+    return {"channels": channels}
 
 
-async def get_channel(
-    request: Request, collection: str, experiment: str, channel: str
-) -> dict[str, Any]:
+async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
+    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    upstream = _catalog(request).passthrough(collection, experiment, channel)
+    if upstream is not None:
+        return await upstream.boss_json(
+            f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
+            caller_token(request),
+        )
     return metadata.channel_json(await _channel(request, collection, experiment, channel))
 
 
+def _passthrough_upstreams(catalog: Catalog) -> list[Any]:
+    return list({id(u): u for u in catalog.upstreams if u.passthrough}.values())
+
+
 async def list_coords(request: Request) -> dict[str, Any]:
-    catalog = _catalog(request)
-    return {
-        "coords": [
-            metadata.frame_name(c, e) for c in catalog.collections() for e in catalog.experiments(c)
-        ]
-    }
+    catalog, token = _catalog(request), caller_token(request)
+    names = list(metadata.local_frames(catalog))
+    for upstream in _passthrough_upstreams(catalog):
+        names.extend((await upstream.boss_json("coord/", token))["coords"])
+    return {"coords": list(dict.fromkeys(names))}
 
 
-async def get_coord(request: Request, coord: str) -> dict[str, Any]:
+async def get_coord(request: Request, coord: str) -> Any:
     _names(("Coordinate frame", coord))
-    return metadata.coord_json(await metadata.find_frame(_catalog(request), coord))
+    catalog, token = _catalog(request), caller_token(request)
+    local = metadata.local_frames(catalog).get(coord)
+    if local is not None:
+        return metadata.coord_json(await metadata.experiment_view(catalog, *local, token))
+    for upstream in _passthrough_upstreams(catalog):
+        try:
+            return await upstream.boss_json(f"coord/{coord}/", token)
+        except RelayError as exc:
+            if exc.status != 404:
+                raise
+    raise ResourceNotFound(f"{_show(coord)} does not exist.")
 
 
-async def get_downsample(
-    request: Request, collection: str, experiment: str, channel: str
-) -> dict[str, Any]:
+async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
+    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    upstream = _catalog(request).passthrough(collection, experiment, channel)
+    if upstream is not None:
+        return await upstream.boss_json(f"downsample/{collection}/{experiment}/{channel}/",
+                                        caller_token(request))
     return metadata.downsample_json(await _channel(request, collection, experiment, channel))
 
 
@@ -223,9 +261,13 @@ async def cutout(
         _range(x_range, "x"), _range(y_range, "y"), _range(z_range, "z")
     )
     box = Box(Vec3(x0, y0, z0), Vec3(x1, y1, z1))
-    # Like BossDB, ranges are checked against the resolution-0 frame at every resolution;
-    # what lies beyond a coarser level's extent reads as zeros.
-    if box.is_empty() or not info.levels[0].bounds.contains(box):
+    # Like BossDB, ranges are checked against the resolution-0 frame at every resolution, and
+    # what lies beyond a coarser level's extent reads as zeros. Unlike BossDB (whose source
+    # calls this check wrong), a level whose first voxel lies below the frame's start (a frame
+    # not starting at 0, halved) may be read from that first voxel.
+    frame, level = info.levels[0].bounds, info.levels[res].bounds
+    lowest = Vec3(*(min(a, b) for a, b in zip(frame.start, level.start, strict=True)))
+    if box.is_empty() or not Box(lowest, frame.stop).contains(box):
         raise InvalidCutoutArgs(f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}")
     times: range | None = None
     if t_range is not None:
@@ -242,9 +284,9 @@ async def cutout(
     if cutout_nbytes(box, len(times) if times else 1, info.dtype) > CUTOUT_MAX_BYTES:
         raise RequestTooLarge()
     service: CutoutService = request.app.state.cutouts
-    data = await service.read(
-        CutoutRequest(chan, res, box, times=times, refresh=_refresh(request))
-    )
+    data = await service.read(CutoutRequest(chan, res, box, times=times,
+                                            refresh=_refresh(request),
+                                            token=caller_token(request)))
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:

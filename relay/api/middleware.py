@@ -10,13 +10,17 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["EdgeMiddleware"]
+from ..errors import Unauthorized
+
+__all__ = ["AuthMiddleware", "EdgeMiddleware"]
 
 _SLASHES = re.compile(r"/{2,}")
 _ALLOW_METHODS = "GET, HEAD, OPTIONS"
@@ -75,3 +79,33 @@ class EdgeMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+
+class AuthMiddleware:
+    """With ``server.tokens`` set, every route but ``/healthz`` needs ``Authorization: Token
+    <t>`` or ``Bearer <t>`` with a listed ``t``; otherwise 401 BossDB JSON. Preflights never
+    carry credentials, so ``OPTIONS`` is answered by ``EdgeMiddleware`` before this runs."""
+
+    OPEN_PATHS = frozenset({"/healthz"})
+
+    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    def _allowed(self, headers: Headers) -> bool:
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() not in ("token", "bearer"):
+            return False
+        given = token.strip().encode()
+        # compare against every token, in constant time each: no early exit to time
+        return any([hmac.compare_digest(given, t) for t in self.tokens])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["path"] in self.OPEN_PATHS
+                or self._allowed(Headers(scope=scope))):
+            await self.app(scope, receive, send)
+            return
+        error = Unauthorized()
+        response = JSONResponse(error.to_json(), status_code=error.status,
+                                headers={"WWW-Authenticate": "Token"})
+        await response(scope, receive, send)

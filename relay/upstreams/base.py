@@ -19,11 +19,12 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from ..geometry import Box, Vec3
+from ._http import HttpPool, HttpSettings
 
 if TYPE_CHECKING:
     from ..config import SourceSettings
@@ -35,8 +36,10 @@ __all__ = [
     "Level",
     "Registry",
     "Upstream",
+    "UpstreamContext",
     "default_cuboid",
     "registry",
+    "token_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,13 @@ class ChannelInfo:
     description: str = ""
 
 
+def token_digest(token: str | None) -> str:
+    """A short, one-way name for a credential: safe in cache keys and logs."""
+    if not token:
+        return "anon"
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 def default_cuboid(chunk: tuple[int, int, int], target: Vec3 = BOSS_CUBOID) -> Vec3:
     """The largest multiple of ``chunk`` per axis that fits ``target`` (at least one chunk).
 
@@ -86,13 +96,35 @@ def default_cuboid(chunk: tuple[int, int, int], target: Vec3 = BOSS_CUBOID) -> V
     return Vec3(*(c * max(1, t // c) for c, t in zip(chunk, target, strict=True)))
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamContext:
+    """What the app shares with every upstream: the pooled HTTP clients."""
+
+    http: HttpPool
+
+
 class Upstream(ABC):
-    """One configured source. Subclasses are named ``<Kind>Upstream``."""
+    """One configured source. Subclasses are named ``<Kind>Upstream``.
+
+    ``token`` arguments carry the caller's ``Authorization`` header value; only upstreams that
+    forward it (a boss source with ``forward_client_token``) look at it.
+    """
 
     kind: ClassVar[str]
+    #: True when the upstream speaks the BossDB dialect itself, so its metadata JSON is passed
+    #: through verbatim (``boss_json``) instead of being synthesised from ``channel_info``
+    passthrough: ClassVar[bool] = False
 
-    def __init__(self, source: SourceSettings) -> None:
+    def __init__(self, source: SourceSettings, context: UpstreamContext | None = None) -> None:
         self.source = source
+        self._owns_http = context is None
+        self.context = context or UpstreamContext(HttpPool())
+
+    @property
+    def http_settings(self) -> HttpSettings:
+        src = self.source
+        return HttpSettings(connect=src.connect_timeout, read=src.read_timeout, total=src.timeout,
+                            retries=src.retries)
 
     @property
     def identity(self) -> str:
@@ -105,15 +137,23 @@ class Upstream(ABC):
         return hashlib.sha256(self.identity.encode()).hexdigest()[:16]
 
     @abstractmethod
-    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+    async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         """Describe ``ref``; raise ``ResourceNotFound`` when the store has no such channel."""
 
     @abstractmethod
-    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+    async def read(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> np.ndarray | None:
         """The Z,Y,X voxels of ``box`` (inside the level's bounds) at time ``t``."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+    async def boss_json(self, path: str, token: str | None = None) -> Any:
+        """BossDB metadata at ``/v1/{path}`` (passthrough upstreams only)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
         """Release connections, threads and files."""
+        if self._owns_http:
+            await self.context.http.aclose()
 
 
 class Registry:
@@ -122,6 +162,7 @@ class Registry:
     BUILTINS: ClassVar[dict[str, str]] = {
         "zarr": "relay.upstreams.zarr:ZarrUpstream",
         "precomputed": "relay.upstreams.precomputed:PrecomputedUpstream",
+        "boss": "relay.upstreams.boss:BossUpstream",
     }
     GROUP: ClassVar[str] = "relay.upstreams"
 
@@ -167,8 +208,8 @@ class Registry:
             self._targets[name] = target
         return target
 
-    def create(self, source: SourceSettings) -> Upstream:
-        return self.get(source.kind)(source)
+    def create(self, source: SourceSettings, context: UpstreamContext | None = None) -> Upstream:
+        return self.get(source.kind)(source, context)
 
 
 registry = Registry()

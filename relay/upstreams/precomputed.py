@@ -80,10 +80,12 @@ class PrecomputedUpstream(Upstream):
         )
         return volumes, info
 
-    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+    async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open())[1]
 
-    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+    async def read(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> np.ndarray | None:
         volumes, info = await self._open()
         if not 0 <= level < len(info.levels):
             raise ResourceNotFound(f"resolution {level} not found")

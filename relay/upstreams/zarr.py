@@ -160,10 +160,12 @@ class ZarrUpstream(Upstream):
         )
         return _Opened(info=info, arrays=arrays, axes=axes)
 
-    async def channel_info(self, ref: ChannelRef) -> ChannelInfo:
+    async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open()).info
 
-    async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0) -> np.ndarray | None:
+    async def read(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> np.ndarray | None:
         opened = await self._open()
         if not 0 <= level < len(opened.arrays):
             raise ResourceNotFound(f"resolution {level} not found")
