@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api import boss, ops
-from .api.middleware import AuthMiddleware, EdgeMiddleware
+from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
 from .catalog import Catalog
 from .config import Settings
@@ -78,12 +78,13 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache = build_cache(settings)
         http = HttpPool()
         catalog = Catalog(settings.sources, upstreams, UpstreamContext(http))
-        metrics = Metrics()
         app.state.settings = settings
         app.state.cache = cache
         app.state.catalog = catalog
@@ -111,6 +112,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
+
+    app.add_middleware(CountingMiddleware, metrics=metrics)
     if settings.server.tokens:
         app.add_middleware(AuthMiddleware, tokens=settings.server.tokens)
     # added last, so outermost: its CORS headers reach every response, 401s included

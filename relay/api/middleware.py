@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Unauthorized
+from ..metrics import Metrics
 
-__all__ = ["AuthMiddleware", "EdgeMiddleware"]
+__all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware"]
 
 _SLASHES = re.compile(r"/{2,}")
 _ALLOW_METHODS = "GET, HEAD, OPTIONS"
@@ -109,3 +110,19 @@ class AuthMiddleware:
         response = JSONResponse(error.to_json(), status_code=error.status,
                                 headers={"WWW-Authenticate": "Token"})
         await response(scope, receive, send)
+
+
+class CountingMiddleware:
+    """Counts requests that reach the routes (``relay_requests_total``): how a chain proves that
+    a warm front relay sends nothing down it. Health and metrics polls are not counted."""
+
+    UNCOUNTED = frozenset({"/metrics", "/healthz", "/stats"})
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.UNCOUNTED:
+            self.metrics.inc("requests_total")
+        await self.app(scope, receive, send)
