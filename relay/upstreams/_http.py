@@ -175,13 +175,14 @@ class HttpPool:
                 raise UpstreamError(f"{where} failed ({response.status_code})")
             return response
 
+        backoff = wait_exponential_jitter(multiplier=settings.backoff, max=settings.backoff_max,
+                                          jitter=settings.backoff)
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            computed = wait_exponential_jitter(initial=settings.backoff, max=settings.backoff_max,
-                                               jitter=settings.backoff)(state)
             if isinstance(exc, _Retryable) and exc.retry_after is not None:
                 return min(exc.retry_after, settings.backoff_max)
-            return float(computed)
+            return float(backoff(state))
 
         try:
             async with asyncio.timeout(settings.total):

@@ -1,0 +1,152 @@
+"""A BossDB look-alike on loopback that misbehaves on cue, for HTTP-seam fault tests.
+
+It describes one uint8 channel ``c/e/ch`` of 64×64×8 voxels (one 512×512×16 Boss cuboid,
+clipped) and answers cutouts by following ``script``: one behaviour per cutout request, then
+"ok". Voxel values depend on the caller's Authorization, so tests can tell whose data came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections import deque
+from typing import Any
+
+import blosc
+import numpy as np
+
+SHAPE_XYZ = (64, 64, 8)
+
+CHANNEL = {"name": "ch", "public": True, "description": "", "experiment": "e",
+           "default_time_sample": 0, "type": "image", "base_resolution": 0, "datatype": "uint8",
+           "creator": "faults", "sources": [], "downsample_status": "NOT_DOWNSAMPLED",
+           "related": [], "storage_type": "spdb", "bucket": None, "cv_path": None}
+EXPERIMENT = {"channels": ["ch"], "name": "e", "public": True, "description": "",
+              "collection": "c", "coord_frame": "cf", "num_hierarchy_levels": 1,
+              "hierarchy_method": "anisotropic", "num_time_samples": 1, "time_step": None,
+              "time_step_unit": "nanoseconds", "creator": "faults"}
+COORD = {"name": "cf", "description": "", "x_start": 0, "x_stop": SHAPE_XYZ[0], "y_start": 0,
+         "y_stop": SHAPE_XYZ[1], "z_start": 0, "z_stop": SHAPE_XYZ[2], "x_voxel_size": 4.0,
+         "y_voxel_size": 4.0, "z_voxel_size": 40.0, "voxel_unit": "nanometers"}
+DOWNSAMPLE = {"status": "NOT_DOWNSAMPLED", "num_hierarchy_levels": 1,
+              "voxel_size": {"0": [4.0, 4.0, 40.0]}, "extent": {"0": list(SHAPE_XYZ)},
+              "cuboid_size": {"0": [512, 512, 16]}}
+METADATA = {
+    "/v1/collection/": {"collections": ["c"]},
+    "/v1/collection/c/": {"name": "c", "public": True, "description": "",
+                          "experiments": ["e"], "creator": "faults"},
+    "/v1/collection/c/experiment/": {"experiments": ["e"]},
+    "/v1/collection/c/experiment/e/": EXPERIMENT,
+    "/v1/collection/c/experiment/e/channel/": {"channels": ["ch"]},
+    "/v1/collection/c/experiment/e/channel/ch/": CHANNEL,
+    "/v1/coord/": {"coords": ["cf"]},
+    "/v1/coord/cf/": COORD,
+    "/v1/downsample/c/e/ch/": DOWNSAMPLE,
+}
+
+
+def voxels_for(authorization: str | None) -> np.ndarray:
+    """What this server holds for a caller: a gradient plus a per-credential offset."""
+    z, y, x = np.mgrid[0:SHAPE_XYZ[2], 0:SHAPE_XYZ[1], 0:SHAPE_XYZ[0]]
+    offset = zlib.crc32((authorization or "").encode()) % 200
+    voxels: np.ndarray = ((x + 2 * y + 3 * z + offset) % 251 + 1).astype(np.uint8)  # never 0
+    return voxels
+
+
+class FaultServer:
+    def __init__(self) -> None:
+        self.script: deque[str] = deque()
+        self.cutouts = 0
+        self.authorizations: list[str | None] = []
+        self._server: asyncio.Server | None = None
+        self._stall = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aenter__(self) -> FaultServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._stall.set()
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = (await reader.readline()).decode()
+            headers: dict[str, str] = {}
+            while (line := (await reader.readline()).decode().strip()):
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            path = request_line.split(" ")[1].split("?")[0]
+            await self._answer(path, headers.get("authorization"), writer)
+        except (ConnectionError, IndexError):
+            pass
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _answer(self, path: str, auth: str | None, writer: asyncio.StreamWriter) -> None:
+        if not path.endswith("/"):
+            path += "/"
+        if path in METADATA:
+            self._send(writer, 200, "application/json", json.dumps(METADATA[path]).encode())
+            return
+        if not path.startswith("/v1/cutout/c/e/ch/0/"):
+            self._send(writer, 404, "application/json", json.dumps(
+                {"status": 404, "code": 4000, "message": "Channel not found"}).encode())
+            return
+        self.cutouts += 1
+        self.authorizations.append(auth)
+        behaviour = self.script.popleft() if self.script else "ok"
+        ranges = [tuple(map(int, r.split(":"))) for r in path.split("/")[7:10]]
+        (x0, x1), (y0, y1), (z0, z1) = ranges
+        data = voxels_for(auth)[z0:z1, y0:y1, x0:x1]
+        body = blosc.compress(np.ascontiguousarray(data).tobytes(), typesize=1)
+        if behaviour == "ok":
+            self._send(writer, 200, "application/blosc", body)
+        elif behaviour == "500":
+            self._send(writer, 500, "text/plain", b"internal error")
+        elif behaviour == "503":
+            self._send(writer, 503, "text/plain", b"busy", {"Retry-After": "1"})
+        elif behaviour == "429":
+            self._send(writer, 429, "application/json", b'{"detail": "slow down"}',
+                       {"Retry-After": "0"})
+        elif behaviour == "reset":  # headers and half the body, then a TCP reset
+            self._send(writer, 200, "application/blosc", body[: len(body) // 2],
+                       length=len(body))
+            await writer.drain()
+            writer.transport.abort()
+        elif behaviour == "truncate":  # half the body, then a clean close
+            self._send(writer, 200, "application/blosc", body[: len(body) // 2],
+                       length=len(body))
+        elif behaviour == "short":  # a valid Blosc frame of the wrong length
+            self._send(writer, 200, "application/blosc", blosc.compress(b"\x01" * 100))
+        elif behaviour == "html":
+            self._send(writer, 200, "text/html", b"<html><body>Maintenance</body></html>")
+        elif behaviour == "stall":  # never answers (until the server closes)
+            await self._stall.wait()
+        elif behaviour == "boss-400":
+            self._send(writer, 400, "application/json", json.dumps(
+                {"status": 400, "code": 1001, "message": "Incorrect cutout arguments"}).encode())
+        else:
+            raise AssertionError(behaviour)
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
+              extra: dict[str, str] | None = None, length: int | None = None) -> None:
+        lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}",
+                 f"Content-Length: {len(body) if length is None else length}",
+                 "Connection: close", *(f"{k}: {v}" for k, v in (extra or {}).items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+def metadata_json(path: str) -> Any:
+    return METADATA[path]

@@ -1,0 +1,181 @@
+"""The HTTP seam against a misbehaving loopback server: every fault ends in a successful retry
+or the right BossDB error; nothing is cached from a failure; no zeros stand in for data."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relay.cache import MemoryTier, TieredCache
+from relay.catalog import Catalog
+from relay.config import SourceSettings
+from relay.cutout import CutoutRequest, CutoutService
+from relay.errors import RelayError
+from relay.geometry import Box
+from relay.metrics import Metrics
+from relay.upstreams._http import HttpPool
+from relay.upstreams.base import ChannelRef, UpstreamContext, registry
+
+from .faults import SHAPE_XYZ, FaultServer, voxels_for
+
+REF = ChannelRef("c", "e", "ch")
+BOX = Box.of((0, 0, 0), SHAPE_XYZ)
+SECRET = "s3cr3t-token-value"
+
+
+class Relay:
+    """A CutoutService over a boss source pointed at ``url``, with a memory tier to inspect."""
+
+    def __init__(self, url: str, **source: Any) -> None:
+        settings = {"connect_timeout": 1.0, "read_timeout": 0.5, "timeout": 5.0, "retries": 2,
+                    "token": SECRET, **source}
+        self.source = SourceSettings(collection="*", kind="boss", url=url, **settings)
+        self.memory = MemoryTier(2**26)
+        self.http = HttpPool()
+        self.catalog = Catalog([self.source], registry, UpstreamContext(self.http))
+        self.service = CutoutService(self.catalog, TieredCache([self.memory]), Metrics())
+
+    async def read(self, token: str | None = None, refresh: bool = False) -> np.ndarray:
+        channel = await self.catalog.channel(REF, token)
+        return await self.service.read(CutoutRequest(channel, 0, BOX, refresh=refresh,
+                                                     token=token))
+
+    async def aclose(self) -> None:
+        await self.catalog.aclose()
+        await self.http.aclose()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FaultServer]:
+    async with FaultServer() as fault_server:
+        yield fault_server
+
+
+@pytest.fixture
+async def relay(server: FaultServer) -> AsyncIterator[Relay]:
+    relay = Relay(server.url)
+    yield relay
+    await relay.aclose()
+
+
+EXPECTED = voxels_for(f"Token {SECRET}")
+
+
+@pytest.mark.parametrize("script", [["503"], ["429"], ["reset"], ["truncate"],
+                                    ["429", "reset", "ok"]])
+async def test_transient_faults_are_retried(server: FaultServer, relay: Relay,
+                                            script: list[str]) -> None:
+    server.script.extend(script)
+    started = time.monotonic()
+    np.testing.assert_array_equal(await relay.read(), EXPECTED)
+    assert server.cutouts == len([s for s in script if s != "ok"]) + 1
+    if script == ["503"]:
+        assert time.monotonic() - started >= 0.9  # Retry-After: 1 was honoured
+
+
+@pytest.mark.parametrize(("script", "status", "code"), [
+    (["500"], 502, 5000),
+    (["503"] * 3, 503, 5001),
+    (["429"] * 3, 503, 5001),
+    (["reset"] * 3, 502, 5000),
+    (["truncate"] * 3, 502, 5000),
+    (["short"], 502, 5000),
+    (["html"], 502, 5000),
+    (["stall"], 504, 5002),
+    (["boss-400"], 400, 1001),
+])
+async def test_faults_that_persist_become_boss_errors(server: FaultServer, relay: Relay,
+                                                      script: list[str], status: int,
+                                                      code: int) -> None:
+    server.script.extend(script)
+    with pytest.raises(RelayError) as info:
+        await relay.read()
+    assert (info.value.status, info.value.code) == (status, code)
+    assert set(info.value.to_json()) == {"status", "code", "message"}
+    assert relay.memory.stats()["entries"] == 0  # nothing cached from a failure
+    # the next read goes upstream again and gets the real voxels, never zeros
+    np.testing.assert_array_equal(await relay.read(), EXPECTED)
+    assert relay.memory.stats()["entries"] == 1
+
+
+async def test_a_stalled_upstream_fails_within_the_read_timeout(server: FaultServer,
+                                                                relay: Relay) -> None:
+    server.script.append("stall")
+    started = time.monotonic()
+    with pytest.raises(RelayError):
+        await relay.read()
+    assert time.monotonic() - started < 2.0  # read timeout 0.5 s, not retried
+
+
+async def test_connection_refused_is_503_within_the_total_timeout() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        relay = Relay(f"http://127.0.0.1:{port}", timeout=3.0)
+        started = time.monotonic()
+        with pytest.raises(RelayError) as info:
+            await relay.read()
+        await relay.aclose()
+    assert info.value.status == 503
+    assert time.monotonic() - started < 3.5
+
+
+async def test_the_total_timeout_bounds_retries(server: FaultServer) -> None:
+    server.script.extend(["503"] * 10)  # each asks for a 1 s wait
+    relay = Relay(server.url, timeout=1.5, retries=10)
+    started = time.monotonic()
+    with pytest.raises(RelayError) as info:
+        await relay.read()
+    await relay.aclose()
+    assert info.value.status == 504
+    assert time.monotonic() - started < 2.5
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+async def test_the_source_token_goes_upstream_as_boss_expects(server: FaultServer,
+                                                              relay: Relay) -> None:
+    await relay.read(token="Token someone-else")  # not forwarding: the caller's is ignored
+    assert server.authorizations == [f"Token {SECRET}"]
+
+
+async def test_forwarded_tokens_partition_the_cache(server: FaultServer) -> None:
+    relay = Relay(server.url, token=None, forward_client_token=True)
+    alice, bob = "Token alice-token", "Bearer bob-token"
+    np.testing.assert_array_equal(await relay.read(alice), voxels_for(alice))
+    np.testing.assert_array_equal(await relay.read(bob), voxels_for(bob))
+    assert not np.array_equal(voxels_for(alice), voxels_for(bob))
+    # warm for both now; each still gets only their own bytes
+    np.testing.assert_array_equal(await relay.read(alice), voxels_for(alice))
+    np.testing.assert_array_equal(await relay.read(bob), voxels_for(bob))
+    assert server.authorizations == [alice, bob]
+    np.testing.assert_array_equal(await relay.read(None), voxels_for(None))
+    keys = list(relay.memory._entries)
+    assert len(keys) == 3
+    assert not any(secret in key for key in keys for secret in ("alice", "bob"))
+    await relay.aclose()
+
+
+async def test_tokens_never_reach_logs_or_errors(server: FaultServer, relay: Relay,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.script.extend(["html", "500", "boss-400"])
+    messages = []
+    for _ in range(3):
+        with pytest.raises(RelayError) as info:
+            await relay.read()
+        messages.append(info.value.message)
+    leaky = Relay(f"http://user:{SECRET}@127.0.0.1:1", timeout=1.0, retries=0)
+    with pytest.raises(RelayError) as info:
+        await leaky.read()
+    messages.append(info.value.message)
+    await leaky.aclose()
+    assert SECRET not in caplog.text
+    assert not any(SECRET in message for message in messages)
