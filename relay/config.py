@@ -88,6 +88,9 @@ class SourceSettings(_Model):
     axes: str | None = None
     #: the cache's cuboid, a multiple of the store's chunk; default: near 512×512×16
     cuboid: tuple[int, int, int] | None = None
+    #: precomputed sources: a missing chunk file reads as zeros (sparse volumes skip all-black
+    #: chunks); false makes it an error, so a misconfigured URL cannot pass for black voxels
+    fill_missing: bool = True
     description: str = ""
     cache: bool = True
     ttl_seconds: float | None = None

@@ -4,7 +4,7 @@ then the registry's rules."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
@@ -112,6 +112,8 @@ class TestZarrPlainArrayXYZOrder(UpstreamSuite):
 
 class TestPrecomputed(UpstreamSuite):
     kind = "precomputed"
+    #: cloud-volume's default for raw chunks: gzip, stored as NAME.gz
+    compress: ClassVar[str | bool | None] = None
 
     def write_store(self, path: Path, levels: list[np.ndarray],
                     voxel_size: tuple[float, float, float],
@@ -139,7 +141,7 @@ class TestPrecomputed(UpstreamSuite):
         url = path.as_uri()
         CloudVolume(url, info=info, progress=False).commit_info()
         for r, data in enumerate(levels):
-            volume = CloudVolume(url, mip=r, progress=False)
+            volume = CloudVolume(url, mip=r, progress=False, compress=self.compress)
             volume[volume.bounds] = data.transpose(2, 1, 0)[..., np.newaxis]
         return {"url": url}
 

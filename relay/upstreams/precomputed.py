@@ -3,7 +3,8 @@
 Every mip in ``info`` is a resolution level (voxel size and offset from its scale). cloud-volume
 is blocking, so every call runs in a worker thread; its own disk cache is off because the relay
 has a bounded one in front. Missing chunk files read as zeros (``fill_missing``), which is what
-precomputed writers mean when they skip all-black chunks.
+precomputed writers mean when they skip all-black chunks; ``fill_missing: false`` makes it an
+error instead.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PrecomputedUpstream(Upstream):
             # One instance per mip: download(mip=m) on a mip-0 instance checks the box
             # against mip 0's bounds. The info fetched once is handed to the others.
             return CloudVolume(src.url, mip=mip, info=info, cache=False, progress=False,
-                               fill_missing=True, bounded=True, parallel=1)
+                               fill_missing=src.fill_missing, bounded=True, parallel=1)
 
         try:
             volume = open_mip(0)

@@ -42,7 +42,10 @@ def _store(url: str) -> LocalStore | FsspecStore:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.path if parsed.scheme else url, read_only=True)
-    return FsspecStore.from_url(url, read_only=True)
+    # fsspec caches filesystem instances process-wide, and an HTTP filesystem holds an aiohttp
+    # session bound to the event loop that made it: each upstream gets its own.
+    return FsspecStore.from_url(url, read_only=True,
+                                storage_options={"skip_instance_cache": True})
 
 
 class ZarrUpstream(Upstream):
@@ -50,6 +53,7 @@ class ZarrUpstream(Upstream):
 
     _opened: _Opened | None = None
     _lock: asyncio.Lock | None = None
+    _store: LocalStore | FsspecStore | None = None
 
     async def _open(self) -> _Opened:
         if self._opened is not None:
@@ -63,8 +67,9 @@ class ZarrUpstream(Upstream):
 
     async def _open_store(self) -> _Opened:
         url = self.source.url
+        self._store = _store(url)
         try:
-            node = await zarr_async.open(store=_store(url), mode="r")
+            node = await zarr_async.open(store=self._store, mode="r")
         except FileNotFoundError as exc:
             raise UpstreamError(f"no zarr array or group at {url}") from exc
         except Exception as exc:
@@ -162,6 +167,13 @@ class ZarrUpstream(Upstream):
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open()).info
+
+    async def aclose(self) -> None:
+        # an HTTP store holds an aiohttp session; close it on the loop that opened it
+        session = getattr(getattr(self._store, "fs", None), "_session", None)
+        if session is not None:
+            await session.close()
+        await super().aclose()
 
     async def read(
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
