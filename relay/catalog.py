@@ -2,9 +2,9 @@
 
 Sources are matched in config order; the first whose collection / experiment / channel
 patterns match wins ("*" matches any name). A source that speaks the BossDB dialect itself
-(``Upstream.passthrough``) answers metadata for the names it claims with its own JSON, and its
-wildcard levels list the upstream's names; other sources are described from ``channel_info``,
-and list the names the config spells out.
+(``Upstream.passthrough``) answers metadata for the names it claims first with its own JSON,
+and its wildcard levels list the upstream's names; other sources are described from
+``channel_info``, and list the names the config spells out.
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ class Catalog:
 
     async def _listed(self, level: int, path: str, key: str, names: Sequence[str],
                       token: str | None) -> list[str]:
-        """Names at ``level`` under ``names``: the config's, then each passthrough wildcard's."""
+        """Names at ``level`` under ``names``: the names the config spells out, plus the
+        upstream's own names from a passthrough wildcard, but only where that upstream is the
+        first claimant of ``names`` (a collection the config serves locally is not also
+        looked up at BossDB)."""
+        first = self.claim(*names) if names else None
         out: list[str] = []
         for source, upstream in self._entries:
             if not _claims(source, names):
@@ -71,7 +75,7 @@ class Catalog:
             pattern = (source.collection, source.experiment, source.channel)[level]
             if pattern != "*":
                 out.append(pattern)
-            elif upstream.passthrough:
+            elif upstream.passthrough and (first is None or first[1] is upstream):
                 out.extend((await upstream.boss_json(path, token))[key])
         return _unique(out)
 
