@@ -32,8 +32,9 @@ CUBOID = (64, 64, 8)  # a multiple of the 32×32×8 chunks subclasses are asked 
 
 
 def ground_truth(dtype: str, levels: int, shape_zyx: tuple[int, int, int] = SHAPE_ZYX,
-                 seed: int = 1) -> list[np.ndarray]:
-    """Random level arrays; each level takes every other voxel in x and y of the one above."""
+                 seed: int = 1, pyramid: tuple[int, int, int] = (2, 2, 1)) -> list[np.ndarray]:
+    """Random level arrays; each level takes every ``pyramid``-th voxel (x, y, z) of the one
+    above."""
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
     high = min(int(info.max), 2**63 - 1)
@@ -42,13 +43,16 @@ def ground_truth(dtype: str, levels: int, shape_zyx: tuple[int, int, int] = SHAP
         base[0, 0, 0] = np.uint64(2**64 - 1)  # the top bit must survive every path
     top = base.astype(dtype)
     out = [top]
+    fx, fy, fz = pyramid
     for _ in range(1, levels):
-        out.append(np.ascontiguousarray(out[-1][:, ::2, ::2]))
+        out.append(np.ascontiguousarray(out[-1][::fz, ::fy, ::fx]))
     return out
 
 
-def level_offset(offset: tuple[int, int, int], level: int) -> tuple[int, int, int]:
-    return (offset[0] >> level, offset[1] >> level, offset[2])
+def level_offset(offset: tuple[int, int, int], level: int,
+                 pyramid: tuple[int, int, int] = (2, 2, 1)) -> tuple[int, int, int]:
+    x, y, z = (o // f**level for o, f in zip(offset, pyramid, strict=True))
+    return (x, y, z)
 
 
 class UpstreamSuite(ABC):
@@ -58,6 +62,11 @@ class UpstreamSuite(ABC):
     #: whether the backend can place the volume at a non-zero voxel offset
     supports_offset: ClassVar[bool] = True
     offset: ClassVar[tuple[int, int, int]] = (64, 32, 5)  # x, y, z at level 0
+    #: the datatypes the backend can hold
+    dtypes: ClassVar[tuple[str, ...]] = ("uint8", "uint16", "uint64")
+    #: how much coarser each level is per axis (x, y, z): (2, 2, 1) anisotropic, (2, 2, 2)
+    #: isotropic (then ``offset`` must divide by 2^(levels-1))
+    pyramid: ClassVar[tuple[int, int, int]] = (2, 2, 1)
 
     @abstractmethod
     def write_store(
@@ -71,13 +80,14 @@ class UpstreamSuite(ABC):
 
     # --- fixtures ---------------------------------------------------------------------------
 
-    @pytest.fixture(params=["uint8", "uint16", "uint64"])
-    def dtype(self, request: pytest.FixtureRequest) -> str:
-        return str(request.param)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        # every test that takes `dtype` (directly or through a fixture) runs once per dtype
+        if "dtype" in metafunc.fixturenames:
+            metafunc.parametrize("dtype", self.dtypes)
 
     @pytest.fixture
     def truth(self, dtype: str) -> list[np.ndarray]:
-        return ground_truth(dtype, self.levels)
+        return ground_truth(dtype, self.levels, pyramid=self.pyramid)
 
     @pytest.fixture
     def origin(self) -> tuple[int, int, int]:
@@ -106,7 +116,7 @@ class UpstreamSuite(ABC):
 
     def _expected(self, truth: list[np.ndarray], origin: tuple[int, int, int], level: int,
                   box: Box) -> np.ndarray:
-        return truth[level][box.zyx_slices(Vec3(*level_offset(origin, level)))]
+        return truth[level][box.zyx_slices(Vec3(*level_offset(origin, level, self.pyramid)))]
 
     # --- the suite --------------------------------------------------------------------------
 
@@ -123,10 +133,10 @@ class UpstreamSuite(ABC):
         assert len(info.levels) == len(truth)
         for r, (level, array) in enumerate(zip(info.levels, truth, strict=True)):
             z, y, x = array.shape
-            start = Vec3(*level_offset(origin, r))
+            start = Vec3(*level_offset(origin, r, self.pyramid))
             assert level.bounds == Box(start, start + (x, y, z))
             assert level.voxel_size == pytest.approx(
-                (VOXEL_SIZE[0] * 2**r, VOXEL_SIZE[1] * 2**r, VOXEL_SIZE[2])
+                tuple(v * f**r for v, f in zip(VOXEL_SIZE, self.pyramid, strict=True))
             )
             assert level.cuboid == Vec3(*CUBOID)
 

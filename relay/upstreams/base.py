@@ -12,7 +12,6 @@ is only needed by those who use that kind) merged with the entry-point group
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import logging
@@ -131,10 +130,15 @@ class Upstream(ABC):
         """What makes this store's bytes this store's: part of every cache key."""
         return f"{self.kind}:{self.source.url}:{self.source.channel_index}"
 
-    @functools.cached_property
+    @property
     def identity_digest(self) -> str:
-        """``identity`` hashed, for cache keys: it may hold a URL with credentials."""
-        return hashlib.sha256(self.identity.encode()).hexdigest()[:16]
+        """``identity`` hashed, for cache keys: it may hold a URL with credentials. Memoised
+        per identity (a DVID source's identity changes when its branch moves on)."""
+        identity = self.identity
+        if getattr(self, "_digest_of", None) != identity:
+            self._digest_of = identity
+            self._digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return self._digest
 
     @abstractmethod
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
@@ -163,6 +167,7 @@ class Registry:
         "zarr": "relay.upstreams.zarr:ZarrUpstream",
         "precomputed": "relay.upstreams.precomputed:PrecomputedUpstream",
         "boss": "relay.upstreams.boss:BossUpstream",
+        "dvid": "relay.upstreams.dvid:DvidUpstream",
     }
     GROUP: ClassVar[str] = "relay.upstreams"
 

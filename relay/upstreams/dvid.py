@@ -1,0 +1,208 @@
+"""``kind: dvid`` — a DVID server's grayscale and label instances (reference/upstreams.md §1).
+
+- ``uuid`` names the node: a UUID, a unique prefix, ``prefix:branch`` or ``:branch`` (the leaf
+  of the branch, looked up with ``/api/repo/{uuid}/branch-versions/{branch}``). The concrete
+  UUID is part of the cache identity, so a branch that moves on never serves the old node's
+  bytes; it is re-resolved every ``metadata_ttl_seconds``.
+- ``instance`` names the data instance (default: the channel name). ``uint8blk`` /
+  ``uint16blk`` instances are images; their coarser levels are the instances ``name_1``,
+  ``name_2``, … that exist in the repo (the neuroglancer / neuclease convention).
+  ``labelmap`` / ``labelarray`` instances are uint64 annotations with levels 0 …
+  ``MaxDownresLevel`` (``?scale=N``), read LZ4-compressed; ``labelblk`` has one level.
+- Extents come from ``/info``; DVID's MaxPoint is inclusive. Each level is 2× coarser in x, y
+  and z, so the hierarchy is isotropic. The cuboid grid is aligned to DVID blocks.
+- DVID answers errors as plain-text 400s: an unknown instance or UUID becomes a 404 (code
+  4000), anything else a 400 carrying DVID's text.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import lz4.block
+import numpy as np
+
+from ..codecs import DTYPES
+from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
+from ..geometry import Box, Vec3
+from ._http import json_body
+from .base import ChannelInfo, ChannelRef, Level, Upstream, UpstreamContext, default_cuboid
+
+__all__ = ["DvidUpstream"]
+
+_IMAGE_TYPES = ("uint8blk", "uint16blk")
+_MULTISCALE_LABELS = ("labelmap", "labelarray")
+_LABEL_TYPES = (*_MULTISCALE_LABELS, "labelblk")
+_NOT_FOUND = ("invalid data instance name", "could not find UUID", "more than one UUID")
+
+
+class _EmptyLabelBlock(RelayError):
+    """DVID's 400 for a single absent label block fetched with compression (upstreams.md §1.3):
+    the block holds no data."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    node: str                     # the concrete UUID
+    info: ChannelInfo
+    instances: tuple[str, ...]    # the instance read at each level
+    scaled: bool                  # levels are ?scale=N of one label instance
+    expires: float
+
+
+def _client_error(response: httpx.Response) -> RelayError:
+    text = response.text.strip()[:200]
+    if response.status_code == 404 or any(marker in text for marker in _NOT_FOUND):
+        return ResourceNotFound(f"DVID: {text}")
+    if "unable to get label block" in text:
+        return _EmptyLabelBlock(text)
+    return BadRequest(f"DVID: {text}")
+
+
+class DvidUpstream(Upstream):
+    kind = "dvid"
+
+    def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
+        super().__init__(source, context)
+        if not source.uuid:
+            raise ConfigError(f"dvid source {source.collection}/{source.experiment}/"
+                              f"{source.channel} needs 'uuid:' (a UUID, prefix or :branch)")
+        parts = urlsplit(source.url.rstrip("/"))
+        self._base = urlunsplit(parts)
+        self._where = f"DVID at {parts.hostname or '?'}:{parts.port or ''}".rstrip(":")
+        self._opened: dict[str, _Opened] = {}
+
+    @property
+    def identity(self) -> str:
+        nodes = sorted({o.node for o in self._opened.values()})
+        return f"dvid:{self._base}:{','.join(nodes) or self.source.uuid}"
+
+    def _instance_name(self, ref: ChannelRef) -> str:
+        return self.source.instance or ref.channel
+
+    async def _get_json(self, path: str) -> Any:
+        response = await self.context.http.get(f"{self._base}/api/{path}", self.http_settings,
+                                               where=self._where, on_client_error=_client_error)
+        return json_body(response, self._where)
+
+    async def _resolve_node(self, instance: str) -> tuple[str, dict[str, Any]]:
+        """The concrete UUID of the configured node, and its repo's info."""
+        spec = str(self.source.uuid)
+        prefix, colon, branch = spec.partition(":")
+        if colon and not prefix:
+            repos = await self._get_json("repos/info")
+            holders = [root for root, repo in repos.items()
+                       if instance in (repo.get("DataInstances") or {})]
+            if not holders:
+                raise ResourceNotFound(f"DVID: no repo holds an instance {instance!r}")
+            prefix = holders[0]
+        repo = await self._get_json(f"repo/{prefix}/info")
+        if colon:
+            versions = await self._get_json(f"repo/{prefix}/branch-versions/{branch or 'master'}")
+            return str(versions[0]), repo
+        nodes = [u for u in repo["DAG"]["Nodes"] if u.startswith(prefix)]
+        if len(nodes) != 1:
+            raise ResourceNotFound(f"DVID: no single node matches {prefix!r}")
+        return nodes[0], repo
+
+    async def _open(self, ref: ChannelRef) -> _Opened:
+        name = self._instance_name(ref)
+        held = self._opened.get(name)
+        if held is not None and held.expires > time.monotonic():
+            return held
+        node, repo = await self._resolve_node(name)
+        info = await self._get_json(f"node/{node}/{name}/info")
+        type_name = info["Base"]["TypeName"]
+        if type_name not in (*_IMAGE_TYPES, *_LABEL_TYPES):
+            raise ConfigError(f"{self._where}: instance {name!r} is a {type_name}, "
+                              "which has no BossDB equivalent")
+        levels = [self._level(info, 0)]
+        instances = [name]
+        scaled = type_name in _MULTISCALE_LABELS
+        if scaled:
+            top = int(info["Extended"].get("MaxDownresLevel") or 0)
+            levels += [self._level(info, r) for r in range(1, top + 1)]
+            instances += [name] * top
+        elif type_name in _IMAGE_TYPES:
+            known = repo.get("DataInstances") or {}
+            while f"{name}_{len(levels)}" in known:
+                coarser = f"{name}_{len(levels)}"
+                levels.append(self._level(await self._get_json(f"node/{node}/{coarser}/info"),
+                                          len(levels), own_extents=True))
+                instances.append(coarser)
+        dtype = DTYPES.get(info["Extended"]["Values"][0]["DataType"])
+        if dtype is None:
+            raise ConfigError(f"{self._where}: instance {name!r} has no BossDB datatype")
+        channel_info = ChannelInfo(
+            dtype=dtype,
+            type="annotation" if type_name in _LABEL_TYPES else "image",
+            levels=tuple(levels),
+            voxel_unit=_unit(info["Extended"].get("VoxelUnits")),
+            description=self.source.description,
+        )
+        opened = _Opened(node, channel_info, tuple(instances), scaled,
+                         time.monotonic() + self.source.metadata_ttl_seconds)
+        self._opened[name] = opened
+        return opened
+
+    def _level(self, info: dict[str, Any], r: int, own_extents: bool = False) -> Level:
+        extended = info["Extended"]
+        lo, hi = info["Extents"]["MinPoint"], info["Extents"]["MaxPoint"]
+        if lo is None or hi is None:
+            raise ResourceNotFound(f"DVID instance {info['Base']['Name']!r} holds no data yet")
+        factor = 1 if own_extents else 2**r
+        # MaxPoint is inclusive; a coarser level holds voxel i // 2^r of each level-0 voxel i
+        start = Vec3(*(int(v) // factor for v in lo))
+        stop = Vec3(*(int(v) // factor + 1 for v in hi))
+        voxel = [float(v) for v in extended["VoxelSize"]]
+        if not own_extents:
+            voxel = [v * factor for v in voxel]
+        block = tuple(int(v) for v in extended["BlockSize"])
+        cuboid = self.source.cuboid or default_cuboid(block)  # type: ignore[arg-type]
+        return Level(voxel_size=(voxel[0], voxel[1], voxel[2]), bounds=Box(start, stop),
+                     cuboid=Vec3(*cuboid), origin=Vec3(0, 0, 0))
+
+    async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
+        return (await self._open(ref)).info
+
+    async def read(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> np.ndarray | None:
+        opened = await self._open(ref)
+        if not 0 <= level < len(opened.instances):
+            raise ResourceNotFound(f"resolution {level} not found")
+        size, start = box.size, box.start
+        url = (f"{self._base}/api/node/{opened.node}/{opened.instances[level]}/raw/0_1_2/"
+               f"{size.x}_{size.y}_{size.z}/{start.x}_{start.y}_{start.z}")
+        labels = opened.info.dtype == np.uint64
+        params = {"compression": "lz4"} if labels else {}
+        if opened.scaled:
+            params["scale"] = str(level)
+        try:
+            response = await self.context.http.get(url, self.http_settings, where=self._where,
+                                                   params=params, on_client_error=_client_error)
+        except _EmptyLabelBlock:
+            return None
+        expected = box.voxels * opened.info.dtype.itemsize
+        body = response.content
+        if labels:
+            try:
+                body = lz4.block.decompress(body, uncompressed_size=expected)
+            except lz4.block.LZ4BlockError as exc:
+                raise UpstreamError(f"{self._where} sent a bad LZ4 block for {ref}") from exc
+        if len(body) != expected:
+            raise UpstreamError(f"{self._where} sent {len(body)} bytes for {ref} where "
+                                f"{expected} were expected")
+        data: np.ndarray = np.frombuffer(body, dtype=opened.info.dtype).reshape(box.shape_zyx)
+        return data
+
+
+def _unit(units: Any) -> str:
+    unit = units[0] if isinstance(units, list) and units else units
+    text = str(unit or "nanometers").lower()
+    return text if text in ("nanometers", "micrometers", "millimeters", "centimeters") \
+        else "nanometers"
