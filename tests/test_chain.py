@@ -111,7 +111,13 @@ def test_source_errors_keep_status_and_code(chain: Chain, remote: BossRemote) ->
 
 def test_killing_the_middle_relay_fails_fast_and_restarting_restores(chain: Chain) -> None:
     url = chain.laptop.url + "/v1/cutout/col1/exp1/ch16/0/1500:1600/900:1000/60:70/"
+    warm = chain.laptop.url + "/v1/cutout/col1/exp1/ch1/0/0:100/0:100/0:10/"
+    assert httpx.get(warm, timeout=60).status_code == 200
     chain.lab.stop()
+    # offline, the laptop keeps serving what it holds: metadata and warm cuboids
+    assert httpx.get(warm, timeout=60).status_code == 200
+    channel = httpx.get(chain.laptop.url + "/v1/collection/col1/experiment/exp1/channel/ch1/")
+    assert channel.status_code == 200 and channel.json()["datatype"] == "uint8"
     started = time.monotonic()
     response = httpx.get(url, timeout=60)
     elapsed = time.monotonic() - started

@@ -275,3 +275,30 @@ def test_dvid_plain_text_errors_are_mapped(status: int, text: str, error: type) 
     mapped = _client_error(httpx.Response(status, text=text))
     assert type(mapped) is error
     assert text[:40] in mapped.message
+
+
+def test_double_subvolblocks_and_specificblocks(served: tuple[DvidDouble, str, str]) -> None:
+    _, root, url = served
+    truth = ground_truth("uint8", 1, (64, 96, 128))[0]
+
+    def frames(body: bytes) -> dict[tuple[int, int, int], bytes]:
+        out = {}
+        while body:
+            bx, by, bz, n = struct.unpack_from("<iiii", body)
+            out[(bx, by, bz)], body = body[16:16 + n], body[16 + n:]
+        return out
+
+    sub = frames(httpx.get(f"{url}/api/node/{root}/grayscale/subvolblocks/64_32_32/32_0_0"
+                           "?compression=uncompressed").content)
+    assert sorted(sub) == [(1, 0, 0), (2, 0, 0)]
+    np.testing.assert_array_equal(np.frombuffer(sub[(2, 0, 0)], np.uint8).reshape(32, 32, 32),
+                                  truth[:32, :32, 64:96])
+    assert httpx.get(f"{url}/api/node/{root}/grayscale/subvolblocks/33_32_32/0_0_0"
+                     ).status_code == 400
+    specific = frames(httpx.get(f"{url}/api/node/{root}/segmentation/specificblocks",
+                                params={"blocks": "1,0,0,5,5,5"}).content)
+    assert list(specific) == [(1, 0, 0)]  # the block past the data is omitted
+    labels = ground_truth("uint64", 2, (64, 96, 128), pyramid=(2, 2, 2))[0]
+    block = lz4.block.decompress(specific[(1, 0, 0)], uncompressed_size=64**3 * 8)
+    np.testing.assert_array_equal(np.frombuffer(block, np.uint64).reshape(64, 64, 64),
+                                  labels[:64, :64, 64:128])

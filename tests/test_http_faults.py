@@ -179,3 +179,16 @@ async def test_tokens_never_reach_logs_or_errors(server: FaultServer, relay: Rel
     await leaky.aclose()
     assert SECRET not in caplog.text
     assert not any(SECRET in message for message in messages)
+
+
+async def test_held_metadata_and_warm_cuboids_survive_an_unreachable_upstream() -> None:
+    async with FaultServer() as server:
+        relay = Relay(server.url, metadata_ttl_seconds=0, timeout=2.0, retries=1)
+        np.testing.assert_array_equal(await relay.read(), EXPECTED)
+        served = server.cutouts
+    # the upstream is gone: metadata is re-asked (TTL 0), fails, and is served stale
+    np.testing.assert_array_equal(await relay.read(), EXPECTED)
+    assert server.cutouts == served
+    channel = await relay.catalog.channel(REF)
+    assert channel.info.dtype == np.uint8
+    await relay.aclose()
