@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .api import boss, ops
+from .api import boss, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
 from .catalog import Catalog
@@ -107,6 +107,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
     )
     app.include_router(boss.router, prefix="/v1", tags=["boss"])
     app.include_router(boss.router, prefix="/latest", tags=["boss"], include_in_schema=False)
+    app.include_router(precomputed.router, tags=["precomputed"])
     app.include_router(ops.router, tags=["ops"])
     app.add_exception_handler(RelayError, _relay_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

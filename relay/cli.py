@@ -113,15 +113,19 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(settings)
     log.info(
-        "serving %d source(s) on http://%s:%d", len(settings.sources), settings.server.host,
+        "serving %d source(s) on %s://%s:%d", len(settings.sources),
+        "https" if settings.server.tls_cert else "http", settings.server.host,
         settings.server.port,
     )
+    tls = settings.server
     config = uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
         log_level=args.log_level,
         access_log=args.log_level == "debug",
+        ssl_certfile=str(tls.tls_cert.expanduser()) if tls.tls_cert else None,
+        ssl_keyfile=str(tls.tls_key.expanduser()) if tls.tls_key else None,
     )
     server = uvicorn.Server(config)
     try:

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -57,6 +58,18 @@ class ServerSettings(_Model):
     #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
     #: (or ``Bearer``); otherwise 401
     tokens: tuple[str, ...] | None = None
+    #: PEM certificate and key: serve HTTPS (neuroglancer's boss:// source refuses http hosts)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"no such file: {path}")
+        return self
 
 
 class CacheSettings(_Model):

@@ -47,11 +47,12 @@ class RelayProcess:
                                    str(self.port)]), *args]
         self.env = {**os.environ, **(env or {})}
         self.log = log
+        self.url_scheme = "http"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.url_scheme}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -70,7 +71,9 @@ class RelayProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.process.returncode}: {self.args}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                # readiness only: a TLS test checks the certificate itself
+                if httpx.get(self.url + "/healthz", timeout=1.0,
+                             verify=False).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -36,7 +36,8 @@ class EdgeMiddleware:
 
     def _cors(self, request_headers: Headers) -> list[tuple[str, str]]:
         if self.any_origin:
-            return [("access-control-allow-origin", "*")]
+            # expose-headers: neuroglancer reads Content-Range/Content-Encoding (§2.4)
+            return [("access-control-allow-origin", "*"), ("access-control-expose-headers", "*")]
         origin = request_headers.get("origin")
         if origin is not None and origin in self.origins:
             return [("access-control-allow-origin", origin), ("vary", "Origin")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +41,7 @@ __all__ = ["BossUpstream"]
 log = logging.getLogger(__name__)
 
 _UNREACHABLE = (502, 503, 504)
+_METADATA_ENTRIES = 10_000
 
 
 class BossUpstream(Upstream):
@@ -52,7 +54,9 @@ class BossUpstream(Upstream):
         # credentials in the URL never reach messages, logs or cache keys
         self._base = urlunsplit(parts)
         self._where = f"upstream {parts.hostname or '?'}:{parts.port or ''}".rstrip(":")
-        self._metadata: dict[tuple[str, str], tuple[float, Any]] = {}
+        # (path, credential digest) → (expiry, JSON); bounded, since forwarded tokens make
+        # one set of entries per caller
+        self._metadata: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
 
     @property
     def identity(self) -> str:
@@ -89,6 +93,9 @@ class BossUpstream(Upstream):
                 return held[1]
             raise
         self._metadata[key] = (now + self.source.metadata_ttl_seconds, body)
+        self._metadata.move_to_end(key)
+        while len(self._metadata) > _METADATA_ENTRIES:
+            self._metadata.popitem(last=False)
         return body
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:

@@ -1,0 +1,96 @@
+"""The neuroglancer precomputed dialect (reference/neuroglancer.md §2), served from the same
+planner and cache as the BossDB dialect, for neuroglancer, cloud-volume and tensorstore.
+
+    GET|HEAD /precomputed/{c}/{e}/{ch}/info
+    GET|HEAD /precomputed/{c}/{e}/{ch}/{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}
+
+One scale per resolution level (``key`` = the level's index), its chunk grid = the relay's
+cuboid grid, ``raw`` encoding: little-endian voxels, x fastest, which is exactly the bytes of a
+C-order (z, y, x) array. Edge chunks are clipped to the level's bounds, as neuroglancer asks.
+A chunk outside the volume is a 404, which viewers draw as empty (a 500 would stall them).
+Chunks are gzip-encoded when the client accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from ..catalog import Channel
+from ..cutout import CutoutRequest, CutoutService
+from ..errors import NotFound
+from ..geometry import Box, Vec3
+from .boss import _channel, caller_token
+
+__all__ = ["info_json", "router"]
+
+router = APIRouter()
+
+_CHUNK = re.compile(r"(\d{1,10})-(\d{1,10})_(\d{1,10})-(\d{1,10})_(\d{1,10})-(\d{1,10})")
+_KEY = re.compile(r"\d{1,2}")
+_NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+_GZIP_IN_THREAD_BYTES = 256 * 1024
+
+
+def info_json(channel: Channel) -> dict[str, Any]:
+    info = channel.info
+    to_nm = _NANOMETERS.get(info.voxel_unit, 1.0)
+    return {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": "segmentation" if info.type == "annotation" else "image",
+        "data_type": info.dtype.name,
+        "num_channels": 1,
+        "scales": [
+            {
+                "key": str(r),
+                "size": list(level.bounds.size),
+                "resolution": [v * to_nm for v in level.voxel_size],
+                "voxel_offset": list(level.bounds.start),
+                "chunk_sizes": [list(level.cuboid)],
+                "encoding": "raw",
+            }
+            for r, level in enumerate(info.levels)
+        ],
+    }
+
+
+async def get_info(request: Request, collection: str, experiment: str,
+                   channel: str) -> dict[str, Any]:
+    return info_json(await _channel(request, collection, experiment, channel))
+
+
+async def get_chunk(request: Request, collection: str, experiment: str, channel: str,
+                    key: str, chunk: str) -> Response:
+    chan = await _channel(request, collection, experiment, channel)
+    match = _CHUNK.fullmatch(chunk)
+    if not _KEY.fullmatch(key) or int(key) >= len(chan.info.levels) or match is None:
+        raise NotFound(f"No chunk {key[:20]}/{chunk[:80]}")
+    x0, x1, y0, y1, z0, z1 = (int(v) for v in match.groups())
+    box = Box(Vec3(x0, y0, z0), Vec3(x1, y1, z1))
+    level = int(key)
+    if box.is_empty() or not chan.info.levels[level].bounds.contains(box):
+        raise NotFound(f"Chunk {chunk} lies outside scale {key}")
+    headers = {"Content-Type": "application/octet-stream"}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(box.voxels * chan.info.dtype.itemsize)
+        return Response(headers=headers)
+    service: CutoutService = request.app.state.cutouts
+    data = await service.read(CutoutRequest(chan, level, box, token=caller_token(request)))
+    body = data.tobytes()  # C-order (z, y, x) bytes are precomputed's x-fastest raw layout
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        if len(body) >= _GZIP_IN_THREAD_BYTES:
+            body = await asyncio.to_thread(gzip.compress, body, 1)
+        else:
+            body = gzip.compress(body, 1)
+        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+    return Response(content=body, headers=headers)
+
+
+_BASE = "/precomputed/{collection}/{experiment}/{channel}"
+router.add_api_route(_BASE + "/info", get_info, methods=["GET", "HEAD"])
+router.add_api_route(_BASE + "/{key}/{chunk}", get_chunk, methods=["GET", "HEAD"])

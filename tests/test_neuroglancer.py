@@ -1,0 +1,146 @@
+"""Neuroglancer's own client (from the PyPI `neuroglancer` package) in headless Chromium reads
+the relay's precomputed dialect: an image layer and a segmentation layer of the demo.
+
+Every browser wait has a timeout: in neuroglancer 2.41.2 a failed layer makes the blocking
+screenshot call wait forever (reference/neuroglancer.md §4.3), so screenshots are taken with
+``async_screenshot`` and a bounded ``Event.wait``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import neuroglancer
+import neuroglancer.webdriver
+import numpy as np
+import pytest
+import zarr
+from cloudvolume import CloudVolume
+
+from .servers import RelayProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+WAIT = 90.0  # seconds for any one browser round trip
+SIZE = (320, 240)
+CENTER = (512, 512, 32)  # x, y, z voxel at the centre of the view
+
+
+@pytest.fixture(scope="module")
+def relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    home = tmp_path_factory.mktemp("neuroglancer-home")
+    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
+    with RelayProcess([], env=env) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def webdriver() -> Iterator[Any]:
+    assert os.path.exists(CHROMIUM), "chromium is installed (apt-get install chromium)"
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium: use chromedriver from PATH
+    neuroglancer.set_server_bind_address("127.0.0.1")
+    driver = neuroglancer.webdriver.Webdriver(
+        headless=True, docker=True, browser_binary_path=CHROMIUM, window_size=(800, 600),
+        print_logs=False,
+        extra_command_line_args=["--enable-unsafe-swiftshader", "--disable-background-networking",
+                                 "--disable-component-update", "--disable-sync",
+                                 "--no-first-run"],
+    )
+    yield driver
+    driver.__exit__(None, None, None)
+
+
+def screenshot(viewer: Any) -> np.ndarray:
+    """RGBA pixels of a SIZE screenshot, or a clear failure after WAIT seconds."""
+    with viewer.config_state.txn() as s:
+        s.show_ui_controls = False
+        s.show_panel_borders = False
+        s.viewer_size = list(SIZE)
+    for _ in range(5):
+        done = threading.Event()
+        replies: list[Any] = []
+
+        def handler(reply: Any, replies: list[Any] = replies, done: threading.Event = done
+                    ) -> None:
+            replies.append(reply)
+            done.set()
+
+        viewer.async_screenshot(handler)
+        assert done.wait(WAIT), "neuroglancer never became ready (a layer failed to load?)"
+        shot = replies[0].screenshot
+        if (shot.width, shot.height) == SIZE:
+            pixels: np.ndarray = shot.image_pixels
+            return pixels
+    raise AssertionError("neuroglancer did not take the requested screenshot size")
+
+
+def _show(viewer: Any, relay: RelayProcess, segments: list[int]) -> None:
+    base = f"precomputed://{relay.url}/precomputed/demo/synthetic"
+    colors = ["#ff0000", "#00ff00", "#0000ff", "#ffff00"]
+    with viewer.txn() as s:
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                    scales=[4, 4, 40])
+        s.layers.clear()
+        s.layers.append(name="em", layer=neuroglancer.ImageLayer(source=f"{base}/em"))
+        if segments:
+            s.layers.append(name="seg", layer=neuroglancer.SegmentationLayer(
+                source=f"{base}/seg", segments=segments,
+                segment_colors={sid: colors[i % 4] for i, sid in enumerate(segments)},
+                selected_alpha=1.0, hide_segment_zero=True))
+        s.layout = "xy"
+        s.show_axis_lines = False
+        s.show_scale_bar = False
+        s.show_default_annotations = False
+        s.position = [CENTER[0], CENTER[1], CENTER[2] + 0.5]
+        s.cross_section_scale = 1  # one voxel per screen pixel
+
+
+def _truth_slice(demo_dir: Path) -> np.ndarray:
+    em = zarr.open_array(str(demo_dir / "em.ome.zarr" / "0"), mode="r")
+    w, h = SIZE
+    x0, y0 = CENTER[0] - w // 2, CENTER[1] - h // 2
+    return np.asarray(em[CENTER[2], y0:y0 + h, x0:x0 + w])
+
+
+def _segments(demo_dir: Path) -> tuple[list[int], np.ndarray]:
+    seg = CloudVolume((demo_dir / "precomputed" / "seg").as_uri(), progress=False)
+    w, h = SIZE
+    x0, y0 = CENTER[0] - w // 2, CENTER[1] - h // 2
+    labels = np.asarray(seg[x0:x0 + w, y0:y0 + h, CENTER[2]])[:, :, 0, 0].T  # (y, x)
+    ids, counts = np.unique(labels, return_counts=True)
+    return [int(i) for i in ids[np.argsort(counts)[::-1][:4]]], labels
+
+
+def test_image_and_segmentation_render_from_the_relay(
+        relay: RelayProcess, webdriver: Any, demo_dir: Path, tmp_path: Path) -> None:
+    viewer = webdriver.viewer
+    _show(viewer, relay, segments=[])
+    pixels = screenshot(viewer)
+    grey = pixels[..., 0].astype(int)
+    truth = _truth_slice(demo_dir).astype(int)
+    assert grey.std() > 10 and len(np.unique(grey)) > 20  # data, not a blank canvas
+    # raw encoding at one voxel per pixel: the screen shows exactly the stored voxels
+    assert np.abs(grey - truth).mean() < 2.0
+    assert relay.upstream_reads() > 0  # the relay served the chunks
+
+    segments, labels = _segments(demo_dir)
+    _show(viewer, relay, segments=segments)
+    pixels = screenshot(viewer)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    expected_red = labels == segments[0]
+    assert red.sum() > 0.5 * expected_red.sum()  # the largest segment is drawn in red
+    assert (red & expected_red).sum() > 0.9 * red.sum()  # …where the segmentation puts it
+    from PIL import Image
+
+    Image.fromarray(pixels).save(os.environ.get("RELAY_SCREENSHOT") or tmp_path / "shot.png")
+
+    # a second load of the same view: the page reloads, the relay reads nothing upstream
+    reads = relay.upstream_reads()
+    webdriver.driver.refresh()
+    again = screenshot(viewer)
+    assert np.array_equal(again, pixels)
+    assert relay.upstream_reads() == reads
