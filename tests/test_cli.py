@@ -16,7 +16,7 @@ import zarr
 
 from relay.config import Settings
 
-from .servers import RelayProcess, free_port
+from .servers import RelayProcess, free_port, self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,38 +71,10 @@ def test_an_unusable_cache_dir_fails_fast_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 (cryptography comes with cloud-volume)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_serves_https(fixture_sources: list[dict[str, object]], tmp_path: Path) -> None:
     from .servers import write_config
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache")
     text = config.read_text().replace("server:\n", f"server:\n  tls_cert: {cert}\n"
                                                    f"  tls_key: {key}\n", 1)

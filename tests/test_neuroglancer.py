@@ -19,10 +19,13 @@ import neuroglancer
 import neuroglancer.webdriver
 import numpy as np
 import pytest
+import yaml
 import zarr
 from cloudvolume import CloudVolume
 
-from .servers import RelayProcess
+from relay.demo import demo_sources
+
+from .servers import RelayProcess, self_signed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT = 90.0  # seconds for any one browser round trip
@@ -144,3 +147,43 @@ def test_image_and_segmentation_render_from_the_relay(
     again = screenshot(viewer)
     assert np.array_equal(again, pixels)
     assert relay.upstream_reads() == reads
+
+
+def test_boss_source_over_https(demo_dir: Path, tmp_path: Path) -> None:
+    """Neuroglancer's boss:// source (which refuses http hosts) against a relay with TLS:
+    metadata from /latest, uint8 chunks as JPEG filmstrips; the browser is told to accept the
+    test's self-signed certificate."""
+    cert, key = self_signed(tmp_path)
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump({
+        "server": {"tls_cert": str(cert), "tls_key": str(key)},
+        "cache": {"disk_dir": None},
+        "sources": demo_sources(demo_dir),
+    }))
+    relay = RelayProcess(["--config", str(config)], env={"HOME": str(tmp_path)})
+    relay.url_scheme = "https"
+    os.environ.setdefault("SE_OFFLINE", "true")
+    neuroglancer.set_server_bind_address("127.0.0.1")
+    with relay, neuroglancer.webdriver.Webdriver(
+        headless=True, docker=True, browser_binary_path=CHROMIUM, window_size=(800, 600),
+        print_logs=False,
+        extra_command_line_args=["--enable-unsafe-swiftshader", "--ignore-certificate-errors",
+                                 "--disable-background-networking", "--no-first-run"],
+    ) as driver:
+        viewer = driver.viewer
+        with viewer.txn() as s:
+            s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                        scales=[4, 4, 40])
+            s.layers.append(name="em", layer=neuroglancer.ImageLayer(
+                source=f"boss://https://127.0.0.1:{relay.port}/demo/synthetic/em"))
+            s.layout = "xy"
+            s.show_axis_lines = False
+            s.show_scale_bar = False
+            s.show_default_annotations = False
+            s.position = [CENTER[0], CENTER[1], CENTER[2] + 0.5]
+            s.cross_section_scale = 1
+        pixels = screenshot(viewer)
+    grey = pixels[..., 0].astype(int)
+    truth = _truth_slice(demo_dir).astype(int)
+    assert grey.std() > 10
+    assert np.abs(grey - truth).mean() < 6.0  # JPEG: close, not exact
