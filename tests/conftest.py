@@ -44,3 +44,15 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from relay.demo import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-root"))
+
+
+@pytest.fixture(scope="session")
+def demo_relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`relay serve` with no config (the embedded demo, as `make run` starts it), as a
+    subprocess on a free port, shared by the end-to-end tests of real clients."""
+    from .servers import RelayProcess
+
+    home = tmp_path_factory.mktemp("demo-home")
+    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
+    with RelayProcess([], env=env, log=home / "relay.log") as process:
+        yield process

@@ -8,10 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 READY_TIMEOUT = 90.0
@@ -201,3 +203,20 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+class ServesOnLoopback:
+    """For UpstreamSuite subclasses whose ``write_store`` serves an app: ``serve(app)`` starts it
+    in a thread and returns its URL; every server stops after the test."""
+
+    @pytest.fixture(autouse=True)
+    def _loopback_servers(self) -> Iterator[None]:
+        self._running: list[ThreadedServer] = []
+        yield
+        for server in self._running:
+            server.__exit__()
+
+    def serve(self, app: Any) -> str:
+        server = ThreadedServer(app).__enter__()
+        self._running.append(server)
+        return server.url

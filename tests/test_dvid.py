@@ -7,7 +7,7 @@ import gzip
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import lz4.block
@@ -23,24 +23,11 @@ from relay.testing.upstream_suite import REF, ground_truth, level_offset
 from relay.upstreams.base import registry
 
 from .dvid_double import DvidDouble
-from .servers import ThreadedServer
+from .servers import ServesOnLoopback, ThreadedServer
 
 
-class _DvidSuite(UpstreamSuite):
+class _DvidSuite(ServesOnLoopback, UpstreamSuite):
     kind = "dvid"
-    type_name: ClassVar[str]
-
-    @pytest.fixture(autouse=True)
-    def _servers(self) -> Iterator[None]:
-        self._running: list[ThreadedServer] = []
-        yield
-        for server in self._running:
-            server.__exit__()
-
-    def serve(self, double: DvidDouble) -> str:
-        server = ThreadedServer(double.app).__enter__()
-        self._running.append(server)
-        return server.url
 
 
 class TestDvidGrayscale(_DvidSuite):
@@ -59,7 +46,7 @@ class TestDvidGrayscale(_DvidSuite):
             double.add_instance(root, name, type_name, voxel_size=(
                 voxel_size[0] * 2**r, voxel_size[1] * 2**r, voxel_size[2]))
             double.write(root, name, level_offset(offset, r), data)
-        return {"url": self.serve(double), "uuid": root[:6], "instance": "grayscale"}
+        return {"url": self.serve(double.app), "uuid": root[:6], "instance": "grayscale"}
 
 
 class TestDvidLabelmap(_DvidSuite):
@@ -80,7 +67,7 @@ class TestDvidLabelmap(_DvidSuite):
             double.write(root, "segmentation", level_offset(offset, r, self.pyramid), data,
                          scale=r)
         double.branch(root)  # a child node: the suite reads the master branch's leaf
-        return {"url": self.serve(double), "uuid": ":master", "instance": "segmentation"}
+        return {"url": self.serve(double.app), "uuid": ":master", "instance": "segmentation"}
 
 
 # --- the dvid upstream's own behaviours ---------------------------------------------------------

@@ -6,7 +6,7 @@ precomputed for seg), never from the relay.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,8 @@ VOXEL_SIZE_SEEN_BY_INTERN = DEMO_VOXEL_SIZE
 
 
 @pytest.fixture(scope="module")
-def relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    home = tmp_path_factory.mktemp("home")
-    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home),
-           "RELAY_CACHE__DISK_DIR": str(home / "cache")}
-    with RelayProcess([], env=env, log=home / "relay.log") as process:
-        yield process
+def relay(demo_relay: RelayProcess) -> RelayProcess:
+    return demo_relay
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,8 @@ CENTER = (512, 512, 32)  # x, y, z voxel at the centre of the view
 
 
 @pytest.fixture(scope="module")
-def relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    home = tmp_path_factory.mktemp("neuroglancer-home")
-    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
-    with RelayProcess([], env=env) as process:
-        yield process
+def relay(demo_relay: RelayProcess) -> RelayProcess:
+    return demo_relay
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +118,7 @@ def _segments(demo_dir: Path) -> tuple[list[int], np.ndarray]:
 def test_image_and_segmentation_render_from_the_relay(
         relay: RelayProcess, webdriver: Any, demo_dir: Path, tmp_path: Path) -> None:
     viewer = webdriver.viewer
+    requests_before = int(relay.metrics().get("relay_requests_total", 0))
     _show(viewer, relay, segments=[])
     pixels = screenshot(viewer)
     grey = pixels[..., 0].astype(int)
@@ -128,7 +126,8 @@ def test_image_and_segmentation_render_from_the_relay(
     assert grey.std() > 10 and len(np.unique(grey)) > 20  # data, not a blank canvas
     # raw encoding at one voxel per pixel: the screen shows exactly the stored voxels
     assert np.abs(grey - truth).mean() < 2.0
-    assert relay.upstream_reads() > 0  # the relay served the chunks
+    # the relay served the info and chunk requests
+    assert relay.metrics()["relay_requests_total"] > requests_before
 
     segments, labels = _segments(demo_dir)
     _show(viewer, relay, segments=segments)

@@ -3,7 +3,6 @@ http from a relay subprocess serving the demo; voxels compared with the stores t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,8 @@ DTYPES = {"em": "uint8", "prob": "uint16", "seg": "uint64"}
 
 
 @pytest.fixture(scope="module")
-def relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    home = tmp_path_factory.mktemp("precomputed-home")
-    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
-    with RelayProcess([], env=env) as process:
-        yield process
+def relay(demo_relay: RelayProcess) -> RelayProcess:
+    return demo_relay
 
 
 def store_truth(demo_dir: Path, channel: str, res: int) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,8 @@ def _blocks(language: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    home = tmp_path_factory.mktemp("readme-home")
-    env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
-    with RelayProcess([], env=env) as process:
-        yield process
+def relay(demo_relay: RelayProcess) -> RelayProcess:
+    return demo_relay
 
 
 def test_the_readme_has_examples() -> None:
