@@ -32,6 +32,7 @@ __all__ = [
     "encode",
     "negotiate",
     "pack_cuboid",
+    "packed_blosc_frame",
     "unpack_cuboid",
 ]
 
@@ -162,6 +163,25 @@ def pack_cuboid(array: np.ndarray) -> bytes:
     z, y, x = array.shape
     header = _HEADER.pack(_MAGIC, _DTYPE_CODES[array.dtype], z, y, x)
     return header + _blosc(array)
+
+
+def packed_blosc_frame(packed: bytes, shape_zyx: tuple[int, int, int],
+                       dtype: np.dtype[np.generic]) -> memoryview | None:
+    """The Blosc1 frame inside a packed cuboid, when it holds exactly ``shape_zyx`` of
+    ``dtype``: already the ``application/blosc`` body for a request of exactly that cuboid, so a
+    warm aligned read is served without decoding or re-encoding. None when anything differs."""
+    if len(packed) < _HEADER.size + 16:
+        return None
+    magic, code, z, y, x = _HEADER.unpack_from(packed)
+    if magic != _MAGIC or _CODE_DTYPES.get(code) != dtype or (z, y, x) != shape_zyx:
+        return None
+    frame = memoryview(packed)[_HEADER.size :]
+    # Blosc1 header: version, versionlz, flags, typesize, then nbytes, blocksize, cbytes
+    # (uint32 LE each)
+    nbytes, _blocksize, cbytes = struct.unpack_from("<III", frame, 4)
+    if nbytes != z * y * x * dtype.itemsize or cbytes != len(frame):
+        return None
+    return frame
 
 
 def unpack_cuboid(packed: bytes | memoryview) -> np.ndarray:

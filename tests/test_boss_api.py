@@ -367,3 +367,20 @@ def test_ops_routes(client: TestClient) -> None:
     assert "relay_upstream_reads_total 1" in text
     assert "relay_cache_memory_bytes" in text
     assert client.get("/stats").json()["counters"]["upstream_reads_total"] == 1
+
+
+def test_a_warm_aligned_cuboid_is_served_as_stored(client: TestClient) -> None:
+    url = "/v1/cutout/col1/exp1/ch1/0/512:1024/0:512/16:32/"  # exactly one cached cuboid
+    cold = client.get(url)
+    warm = client.get(url)
+    counters = client.app.state.metrics.counters  # type: ignore[attr-defined]
+    assert counters["stored_frame_hits_total"] == 1
+    assert counters["upstream_reads_total"] == 1
+    expected = truth("ch1", 0, (512, 0, 16), (1024, 512, 32))
+    for response in (cold, warm):
+        np.testing.assert_array_equal(decode_blosc(response.content, "uint8", (16, 512, 512)),
+                                      expected)
+    # not for a box that is only part of a cuboid, nor for other encodings
+    client.get("/v1/cutout/col1/exp1/ch1/0/512:1000/0:512/16:32/")
+    client.get(url, headers={"Accept": "application/npygz"})
+    assert counters["stored_frame_hits_total"] == 1

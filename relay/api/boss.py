@@ -284,9 +284,13 @@ async def cutout(
     if cutout_nbytes(box, len(times) if times else 1, info.dtype) > CUTOUT_MAX_BYTES:
         raise RequestTooLarge()
     service: CutoutService = request.app.state.cutouts
-    data = await service.read(CutoutRequest(chan, res, box, times=times,
-                                            refresh=_refresh(request),
-                                            token=caller_token(request)))
+    cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
+                           token=caller_token(request))
+    if media is MediaType.BLOSC and ids is None:
+        stored = await service.cached_blosc(cutout)
+        if stored is not None:
+            return Response(content=bytes(stored), media_type=media.value)
+    data = await service.read(cutout)
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:

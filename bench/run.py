@@ -1,0 +1,433 @@
+"""Side-by-side benchmarks of the relay and what users would run instead, in one run.
+
+    python bench/run.py [--smoke] [--out docs/benchmarks.md]
+
+Every workload is measured against its comparator in the same run, on the same machine, and
+reported as a ratio (absolute times on a shared 2-core box are noise). Load comes from `wrk`
+in its own process (one thread), so the load generator never shares the server's interpreter;
+the cold-read workloads use a plain sequential httpx client, also timed end to end.
+
+Workloads (issue "Performance"):
+  P1 warm aligned 512×512×16 uint8 cuboid, blosc: relay vs raw Starlette vs nginx (same bytes)
+  P2 warm unaligned 1000×1000×40 cutouts, blosc and npygz: relay vs loopback single-stream TCP
+  P3 cold read-through from a local zarr store vs reading it directly with zarr + encoding
+  P5 tiny requests (channel metadata; 64³ cutouts) vs a raw Starlette hello route
+  P6 warm and cold through a 2- and 3-relay chain vs one relay
+  P7 peak RSS while scanning 10× the memory-tier budget
+P4 (bossphorus 0.1.0 in its own venv) and the scaling curves are not built yet.
+--smoke runs every workload tiny and once, to keep the harness working; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import psutil
+import yaml
+import zarr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import RelayProcess, free_port  # noqa: E402
+
+MiB = 2**20
+CUBOID = "/v1/cutout/b/e/u8/0/0:512/0:512/0:16/"
+
+
+@dataclass(frozen=True)
+class Mode:
+    smoke: bool
+    trials: int
+    seconds: int
+    shape_zyx: tuple[int, int, int]
+    tcp_megabytes: int
+    cold_reads: int
+    rss_budget: int
+
+
+FULL = Mode(False, 5, 5, (64, 2048, 2048), 1024, 8, 24 * MiB)
+SMOKE = Mode(True, 1, 1, (32, 1024, 1024), 32, 2, 4 * MiB)
+
+
+@dataclass
+class Row:
+    workload: str
+    relay: str
+    comparator: str
+    ratio: float
+    target: str
+    met: bool | None
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    mode: Mode
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def wrk(url: str, mode: Mode, connections: int = 1, accept: str = "application/blosc"
+        ) -> dict[str, float]:
+    """Requests/s, bytes/s and latency percentiles from wrk; fails loudly on any non-2xx."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{mode.seconds}s", "--latency",
+         "-H", f"Accept: {accept}", url],
+        capture_output=True, text=True, timeout=mode.seconds + 60, check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if match is None:
+            raise RuntimeError(f"cannot parse wrk output for {pattern!r}:\n{out}")
+        value, unit = float(match[1]), match[2] if match.lastindex and match.lastindex > 1 else ""
+        scale = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "us": 1e-3, "ms": 1.0,
+                 "s": 1e3}
+        return value * scale.get(unit, 1)
+
+    return {
+        "rps": number(r"Requests/sec:\s+([\d.]+)()"),
+        "bytes_per_s": number(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)"),
+        "p50_ms": number(r"50%\s+([\d.]+)(us|ms|s)"),
+        "p99_ms": number(r"99%\s+([\d.]+)(us|ms|s)"),
+    }
+
+
+def median_of(trials: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(trials))
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def raw_starlette(blob: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "raw_server.py"), str(port),
+                                str(blob)])
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/hello")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def nginx(root: Path) -> Iterator[str | None]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        yield None
+        return
+    port = free_port()
+    prefix = root / "nginx"
+    prefix.mkdir()
+    (prefix / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ root {root}; default_type application/blosc; }}
+    }}
+}}
+""")
+    process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                                "-g", "daemon off; user root;"])
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/blob")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def relay_config(path: Path, sources: list[dict[str, Any]], cache: Path, **extra: Any) -> Path:
+    path.write_text(yaml.safe_dump({
+        "server": {"host": "127.0.0.1"},
+        "cache": {"memory_bytes": extra.pop("memory_bytes", 1024 * MiB),
+                  "disk_dir": str(cache), "disk_bytes": 8 * 1024 * MiB},
+        "sources": sources,
+    }))
+    return path
+
+
+def start_relay(stack: ExitStack, root: Path, name: str, sources: list[dict[str, Any]],
+                **extra: Any) -> RelayProcess:
+    config = relay_config(root / f"{name}.yaml", sources, root / f"{name}-cache", **extra)
+    relay = RelayProcess(["--config", str(config), "--log-level", "warning"],
+                         log=root / f"{name}.log")
+    return stack.enter_context(relay)
+
+
+# --- workloads --------------------------------------------------------------------------------
+
+
+def p1(report: Report, relay: RelayProcess, raw: str, static: str | None) -> None:
+    url = relay.url + CUBOID
+    httpx.get(url, timeout=60)  # warm
+    mode = report.mode
+    relay_rps = median_of(mode.trials, lambda: wrk(url, mode, connections=4)["rps"])
+    raw_rps = median_of(mode.trials, lambda: wrk(raw + "/blob", mode, connections=4)["rps"])
+    report.rows.append(Row("P1 warm 512×512×16 uint8 blosc", f"{relay_rps:.0f} req/s",
+                           f"raw Starlette {raw_rps:.0f} req/s", relay_rps / raw_rps,
+                           "≥ 0.9", relay_rps / raw_rps >= 0.9))
+    if static is None:
+        report.notes.append("P1: nginx is not installed; the nginx comparison was not run.")
+        return
+    nginx_rps = median_of(mode.trials, lambda: wrk(static + "/blob", mode, connections=4)["rps"])
+    report.rows.append(Row("P1 warm 512×512×16 uint8 blosc", f"{relay_rps:.0f} req/s",
+                           f"nginx static {nginx_rps:.0f} req/s", relay_rps / nginx_rps,
+                           "≥ 1.0", relay_rps / nginx_rps >= 1.0))
+
+
+def p2(report: Report, relay: RelayProcess) -> None:
+    mode = report.mode
+    tcp = median_of(mode.trials, lambda: float(subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "tcp_limit.py"), str(mode.tcp_megabytes)],
+        capture_output=True, text=True, check=True, timeout=300).stdout))
+    z, y, x = mode.shape_zyx
+    box = f"100:{min(1100, x)}/50:{min(1050, y)}/3:{min(43, z)}/"
+    for accept in ("application/blosc", "application/npygz"):
+        url = relay.url + "/v1/cutout/b/e/u8/0/" + box
+        httpx.get(url, headers={"Accept": accept}, timeout=60)  # warm
+        rate = median_of(mode.trials,
+                         lambda url=url, accept=accept: wrk(url, mode, 1, accept)["bytes_per_s"])
+        report.rows.append(Row(f"P2 warm 1000×1000×40 {accept.split('/')[1]}",
+                               f"{rate / MiB:.0f} MiB/s", f"loopback TCP {tcp / MiB:.0f} MiB/s",
+                               rate / tcp, "≥ 0.5", rate / tcp >= 0.5))
+
+
+def p3(report: Report, relay: RelayProcess, store: Path) -> None:
+    mode = report.mode
+    array = zarr.open_array(str(store), mode="r")
+    _, y, x = mode.shape_zyx
+    boxes = [(i % (x // 512), (i // (x // 512)) % (y // 512)) for i in range(mode.cold_reads)]
+
+    def relay_cold() -> float:
+        times = []
+        for bx, by in boxes:
+            url = (f"{relay.url}/v1/cutout/b/e/u8/0/{bx * 512}:{bx * 512 + 512}/"
+                   f"{by * 512}:{by * 512 + 512}/16:32/?access-mode=raw")  # forces an upstream read
+            started = time.perf_counter()
+            response = httpx.get(url, timeout=60)
+            response.raise_for_status()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    def direct() -> float:
+        times = []
+        for bx, by in boxes:
+            started = time.perf_counter()
+            data = np.ascontiguousarray(array[16:32, by * 512:by * 512 + 512,
+                                              bx * 512:bx * 512 + 512])
+            blosc.compress(data, typesize=1, clevel=5, cname="lz4")
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    relay_s, direct_s = median_of(mode.trials, relay_cold), median_of(mode.trials, direct)
+    report.rows.append(Row("P3 cold 512×512×16 from local zarr", f"{relay_s * 1e3:.1f} ms",
+                           f"zarr read + blosc encode {direct_s * 1e3:.1f} ms",
+                           relay_s / direct_s, "≤ 1.3 (time)", relay_s / direct_s <= 1.3))
+
+
+def p5(report: Report, relay: RelayProcess, raw: str) -> None:
+    mode = report.mode
+    hello = median_of(mode.trials, lambda: wrk(raw + "/hello", mode, 8, "*/*")["rps"])
+    depth = min(64, mode.shape_zyx[0])
+    for label, path in (("channel metadata", "/v1/collection/b/experiment/e/channel/u8/"),
+                        ("64³ cutout", f"/v1/cutout/b/e/u8/0/64:128/64:128/0:{depth}/")):
+        httpx.get(relay.url + path, timeout=60)
+        rps = median_of(mode.trials, lambda path=path: wrk(relay.url + path, mode, 8)["rps"])
+        report.rows.append(Row(f"P5 tiny: {label}", f"{rps:.0f} req/s",
+                               f"raw Starlette hello {hello:.0f} req/s", rps / hello, "≥ 0.8",
+                               rps / hello >= 0.8))
+
+
+def p6(report: Report, one: RelayProcess, chain: list[RelayProcess]) -> None:
+    mode = report.mode
+    for relay in (one, *chain):
+        httpx.get(relay.url + CUBOID, timeout=60)
+    single = median_of(mode.trials, lambda: wrk(one.url + CUBOID, mode, 4)["rps"])
+    z, y, x = mode.shape_zyx
+    for hops, front in ((2, chain[0]), (3, chain[1])):
+        rps = median_of(mode.trials, lambda front=front: wrk(front.url + CUBOID, mode, 4)["rps"])
+        report.rows.append(Row(f"P6 warm through {hops} relays", f"{rps:.0f} req/s",
+                               f"one relay {single:.0f} req/s", rps / single, "≥ 0.9",
+                               rps / single >= 0.9))
+    # cold: distinct cuboids, never read by any relay before (the chain and the single relay
+    # each read their own half of the grid)
+    cuboids = [(bx, by) for by in range(y // 512) for bx in range(x // 512)]
+    half = len(cuboids) // 2
+
+    def cold(relay: RelayProcess, picks: list[tuple[int, int]]) -> float:
+        times = []
+        for bx, by in picks:
+            url = (f"{relay.url}/v1/cutout/b/e/u8/0/{bx * 512}:{bx * 512 + 512}/"
+                   f"{by * 512}:{by * 512 + 512}/{z - 16}:{z}/")  # a slab no workload read
+            started = time.perf_counter()
+            httpx.get(url, timeout=60).raise_for_status()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    count = min(mode.cold_reads, half)
+    one_s = cold(one, cuboids[:count])
+    three_s = cold(chain[1], cuboids[half:half + count])
+    report.rows.append(Row("P6 cold through 3 relays", f"{three_s * 1e3:.1f} ms",
+                           f"one relay {one_s * 1e3:.1f} ms", three_s / one_s,
+                           "≤ 1.5 (time)", three_s / one_s <= 1.5))
+
+
+def p7(report: Report, root: Path, sources: list[dict[str, Any]]) -> None:
+    mode = report.mode
+    budget = mode.rss_budget
+    with ExitStack() as stack:
+        relay = start_relay(stack, root, "p7", sources, memory_bytes=budget)
+        process = psutil.Process(relay.process.pid if relay.process else 0)
+        baseline = process.memory_info().rss
+        peak = baseline
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, process.memory_info().rss)
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        z, y, x = mode.shape_zyx
+        slabs = itertools.cycle([(y0, z0) for z0 in range(0, z, 16) for y0 in range(0, y, 512)])
+        scanned = 0
+        while scanned < 10 * budget:  # the volume is re-read if it is smaller than 10× budget
+            y0, z0 = next(slabs)
+            url = f"{relay.url}/v1/cutout/b/e/u8/0/0:{x}/{y0}:{y0 + 512}/{z0}:{z0 + 16}/"
+            httpx.get(url, timeout=120).raise_for_status()
+            scanned += x * 512 * 16
+        done.set()
+        sampler.join()
+    growth = peak - baseline
+    report.rows.append(Row("P7 peak RSS scanning 10× the memory budget",
+                           f"+{growth / MiB:.0f} MiB over start ({peak / MiB:.0f} MiB)",
+                           f"budget {budget / MiB:.0f} MiB + 250 MiB",
+                           growth / (budget + 250 * MiB), "≤ 1.0",
+                           growth <= budget + 250 * MiB,
+                           detail=f"scanned {scanned / MiB:.0f} MiB"))
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def write_report(report: Report, out: Path) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by `{' '.join(sys.argv)}`"
+        f" on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        "Each figure is the median of "
+        f"{report.mode.trials} trial(s); ratios compare numbers taken in the same run. Load: "
+        "`wrk -t1` in its own process (P1, P2, P5, P6 warm); a sequential httpx client (P3, "
+        "P6 cold, P7).",
+        "",
+        "| workload | relay | comparator | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report.rows:
+        met = "yes" if row.met else "no" if row.met is not None else "—"
+        lines.append(f"| {row.workload} | {row.relay} | {row.comparator} | {row.ratio:.2f} | "
+                     f"{row.target} | {met} |")
+    if report.notes:
+        lines += ["", *[f"- {note}" for note in report.notes]]
+    lines += ["", "P4 (bossphorus 0.1.0 in its own venv) and the scaling curves are not built yet.",
+              ""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny, once: keep the harness alive")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    mode = SMOKE if args.smoke else FULL
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    report = Report(mode)
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        data = np.random.default_rng(0).integers(0, 256, mode.shape_zyx, dtype=np.uint8)
+        store = root / "u8.zarr"
+        array = zarr.create_array(str(store), shape=data.shape, chunks=(16, 512, 512),
+                                  dtype="uint8", zarr_format=3)
+        array[...] = data
+        sources = [{"collection": "b", "experiment": "e", "channel": "u8", "kind": "zarr",
+                    "url": str(store), "voxel_size": [4, 4, 40]}]
+        relay = start_relay(stack, root, "relay", sources)
+        blob = httpx.get(relay.url + CUBOID, timeout=60).content  # the relay's exact bytes
+        (root / "blob").write_bytes(blob)
+        raw = stack.enter_context(raw_starlette(root / "blob"))
+        static = stack.enter_context(nginx(root))
+        p1(report, relay, raw, static)
+        p2(report, relay)
+        p3(report, relay, store)
+        p5(report, relay, raw)
+        lab = start_relay(stack, root, "hop2", [{"collection": "*", "kind": "boss",
+                                                 "url": relay.url}])
+        front = start_relay(stack, root, "hop3", [{"collection": "*", "kind": "boss",
+                                                   "url": lab.url}])
+        p6(report, relay, [lab, front])
+        p7(report, root, sources)
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
