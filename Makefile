@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/relay serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests
+	$(BIN)/ruff check relay tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import os
 import platform
@@ -121,6 +122,14 @@ def wrk(url: str, mode: Mode, connections: int = 1, accept: str = "application/b
 
 def median_of(trials: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(trials))
+
+
+def _rps(url: str, mode: Mode, connections: int) -> float:
+    return wrk(url, mode, connections)["rps"]
+
+
+def _bytes_per_s(url: str, mode: Mode, accept: str) -> float:
+    return wrk(url, mode, 1, accept)["bytes_per_s"]
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -238,8 +247,7 @@ def p2(report: Report, relay: RelayProcess) -> None:
     for accept in ("application/blosc", "application/npygz"):
         url = relay.url + "/v1/cutout/b/e/u8/0/" + box
         httpx.get(url, headers={"Accept": accept}, timeout=60)  # warm
-        rate = median_of(mode.trials,
-                         lambda url=url, accept=accept: wrk(url, mode, 1, accept)["bytes_per_s"])
+        rate = median_of(mode.trials, functools.partial(_bytes_per_s, url, mode, accept))
         report.rows.append(Row(f"P2 warm 1000×1000×40 {accept.split('/')[1]}",
                                f"{rate / MiB:.0f} MiB/s", f"loopback TCP {tcp / MiB:.0f} MiB/s",
                                rate / tcp, "≥ 0.5", rate / tcp >= 0.5))
@@ -285,7 +293,7 @@ def p5(report: Report, relay: RelayProcess, raw: str) -> None:
     for label, path in (("channel metadata", "/v1/collection/b/experiment/e/channel/u8/"),
                         ("64³ cutout", f"/v1/cutout/b/e/u8/0/64:128/64:128/0:{depth}/")):
         httpx.get(relay.url + path, timeout=60)
-        rps = median_of(mode.trials, lambda path=path: wrk(relay.url + path, mode, 8)["rps"])
+        rps = median_of(mode.trials, functools.partial(_rps, relay.url + path, mode, 8))
         report.rows.append(Row(f"P5 tiny: {label}", f"{rps:.0f} req/s",
                                f"raw Starlette hello {hello:.0f} req/s", rps / hello, "≥ 0.8",
                                rps / hello >= 0.8))
@@ -298,7 +306,7 @@ def p6(report: Report, one: RelayProcess, chain: list[RelayProcess]) -> None:
     single = median_of(mode.trials, lambda: wrk(one.url + CUBOID, mode, 4)["rps"])
     z, y, x = mode.shape_zyx
     for hops, front in ((2, chain[0]), (3, chain[1])):
-        rps = median_of(mode.trials, lambda front=front: wrk(front.url + CUBOID, mode, 4)["rps"])
+        rps = median_of(mode.trials, functools.partial(_rps, front.url + CUBOID, mode, 4))
         report.rows.append(Row(f"P6 warm through {hops} relays", f"{rps:.0f} req/s",
                                f"one relay {single:.0f} req/s", rps / single, "≥ 0.9",
                                rps / single >= 0.9))
