@@ -105,8 +105,11 @@ class SourceSettings(_Model):
     #: chunks); false makes it an error, so a misconfigured URL cannot pass for black voxels
     fill_missing: bool = True
     description: str = ""
+    #: false: every read goes upstream (nothing from this source is cached)
     cache: bool = True
-    ttl_seconds: float | None = None
+    #: cached cuboids of this source are reused for at most this long (null: the data never
+    #: changes, e.g. a BossDB channel or a locked DVID node)
+    ttl_seconds: float | None = Field(None, gt=0)
     #: remote sources: the credential sent upstream (BossDB: ``Authorization: Token …``)
     token: str | None = None
     #: boss sources: send each caller's own Authorization upstream instead of ``token``; cached

@@ -10,6 +10,7 @@ relay would rather fail a request than serve a wrong voxel.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ __all__ = ["CutoutRequest", "CutoutService", "cache_key"]
 #: Arrays above this many bytes are (de)compressed in a worker thread (blosc drops the GIL);
 #: below it the thread hop costs more than the work.
 _THREAD_BYTES = 256 * 1024
+
+#: Seconds since the epoch; shared by every process on the cache (tests replace it).
+wall_clock = time.time
 
 #: Version of the key layout and of the packed value format; bump to orphan old entries.
 KEY_VERSION = "v1"
@@ -54,10 +58,15 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
     partition = f"p-{token_digest(token)}/" if channel.source.forward_client_token else ""
+    ttl = channel.source.ttl_seconds
+    # A source whose data may change keys its entries by a wall-clock epoch of ttl seconds:
+    # once the epoch turns, old entries are never looked up again (LRU ages them out), so none
+    # is reused for longer than ttl.
+    epoch = f"/e{int(wall_clock() // ttl)}" if ttl else ""
     return (
         f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
         f"{ref.collection}/{ref.experiment}/"
-        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
+        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}{epoch}"
     )
 
 

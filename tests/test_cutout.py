@@ -198,3 +198,22 @@ async def test_write_behind_values_are_readable_before_they_land() -> None:
     gate.set()
     await cache.drain()
     assert await cache.get("k") == b"v"
+
+
+async def test_ttl_seconds_bounds_how_long_a_cuboid_is_reused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import relay.cutout
+
+    service, upstream, channel = await _service([MemoryTier(2**24)])
+    source = channel.source.model_copy(update={"ttl_seconds": 60.0})
+    channel = type(channel)(channel.ref, source, channel.upstream, channel.info)
+    box = Box.of((0, 0, 0), (16, 16, 8))
+    now = [60.0 * 16_666]  # the start of an epoch
+    monkeypatch.setattr(relay.cutout, "wall_clock", lambda: now[0])
+    await service.read(_request(channel, box))
+    now[0] += 30
+    await service.read(_request(channel, box))
+    assert upstream.reads == 1  # within the epoch: reused
+    now[0] += 60
+    await service.read(_request(channel, box))
+    assert upstream.reads == 2  # a minute later: read upstream again
