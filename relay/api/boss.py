@@ -9,12 +9,14 @@ error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from .. import metadata
 from ..catalog import Catalog, Channel
@@ -51,10 +53,19 @@ router = APIRouter()
 
 def _route(path: str, endpoint: Callable[..., Any], methods: tuple[str, ...] = ("GET",)) -> None:
     """Register ``path`` with and without its trailing slash (no redirects: a 307 would cost
-    intern a round trip and break POST)."""
+    intern a round trip and break POST). A handler's plain JSON result goes out as a
+    JSONResponse directly: FastAPI's generic serializer (jsonable_encoder) costs more than the
+    handler itself for these small, already-JSON-shaped bodies."""
+
+    @functools.wraps(endpoint)
+    async def respond(*args: Any, **kwargs: Any) -> Response:
+        result = await endpoint(*args, **kwargs)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
     bare = path.rstrip("/")
-    router.add_api_route(bare, endpoint, methods=list(methods))
-    router.add_api_route(bare + "/", endpoint, methods=list(methods), include_in_schema=False)
+    router.add_api_route(bare, respond, methods=list(methods), response_model=None)
+    router.add_api_route(bare + "/", respond, methods=list(methods), response_model=None,
+                         include_in_schema=False)
 
 
 def _catalog(request: Request) -> Catalog:
@@ -291,6 +302,12 @@ async def cutout(
         if stored is not None:
             return Response(content=bytes(stored), media_type=media.value)
     data = await service.read(cutout)
+    if media is MediaType.BLOSC and ids is None and not cutout.refresh:
+        # a cold read of exactly one cuboid has just packed it: send that frame, not a second
+        # compression of the same voxels
+        stored = await service.cached_blosc(cutout)
+        if stored is not None:
+            return Response(content=bytes(stored), media_type=media.value)
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:
