@@ -136,16 +136,23 @@ def _bytes_per_s(url: str, mode: Mode, accept: str) -> float:
 
 
 @contextmanager
-def raw_starlette(blob: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "raw_server.py"), str(port),
-                                str(blob)])
+def _serving(command: list[str], ready_url: str) -> Iterator[None]:
+    """A server subprocess, up (its ``ready_url`` answers 200) for the ``with`` block."""
+    process = subprocess.Popen(command)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/hello")
-        yield f"http://127.0.0.1:{port}"
+        _wait_ready(ready_url)
+        yield
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def raw_starlette(blob: Path) -> Iterator[str]:
+    port = free_port()
+    with _serving([sys.executable, str(ROOT / "bench" / "raw_server.py"), str(port), str(blob)],
+                  f"http://127.0.0.1:{port}/hello"):
+        yield f"http://127.0.0.1:{port}"
 
 
 @contextmanager
@@ -176,14 +183,9 @@ http {{
     }}
 }}
 """)
-    process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
-                                "-g", "daemon off; user root;"])
-    try:
-        _wait_ready(f"http://127.0.0.1:{port}/blob")
+    with _serving([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
+                   "-g", "daemon off; user root;"], f"http://127.0.0.1:{port}/blob"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _wait_ready(url: str) -> None:

@@ -10,6 +10,7 @@ relay would rather fail a request than serve a wrong voxel.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -96,7 +97,9 @@ class CutoutService:
                 or not channel.source.cache):
             return None
         level = channel.info.levels[request.resolution]
-        cuboids = list(plan(request.box, level.cuboid, level.origin, level.bounds))
+        # at most two plan items: enough to know whether the box is a single cuboid
+        cuboids = list(itertools.islice(plan(request.box, level.cuboid, level.origin,
+                                             level.bounds), 2))
         if len(cuboids) != 1 or cuboids[0].box != request.box:
             return None
         key = cache_key(channel, request.resolution, 0, cuboids[0], request.token)
