@@ -201,6 +201,16 @@ _route("/ping/", ping)
 # --- cutouts --------------------------------------------------------------------------------
 
 
+class StoredFrameResponse(Response):
+    """A response whose body is a view into a cached value: the server writes it to the socket
+    as it is, without first copying megabytes into a new bytes object."""
+
+    def __init__(self, frame: memoryview, media_type: str) -> None:
+        super().__init__(content=b"", media_type=media_type)
+        self.body = frame  # uvicorn writes any bytes-like body to the transport
+        self.headers["content-length"] = str(frame.nbytes)
+
+
 def cutout_nbytes(box: Box, times: int, dtype: np.dtype[Any]) -> int:
     """BossDB's size rule (``parsers.is_too_large``), quirk included: 64-bit data counts a
     quarter of its bytes, so the same requests pass here as at BossDB."""
@@ -300,14 +310,14 @@ async def cutout(
     if media is MediaType.BLOSC and ids is None:
         stored = await service.cached_blosc(cutout)
         if stored is not None:
-            return Response(content=bytes(stored), media_type=media.value)
+            return StoredFrameResponse(stored, media.value)
     data = await service.read(cutout)
     if media is MediaType.BLOSC and ids is None and not cutout.refresh:
         # a cold read of exactly one cuboid has just packed it: send that frame, not a second
         # compression of the same voxels
         stored = await service.cached_blosc(cutout)
         if stored is not None:
-            return Response(content=bytes(stored), media_type=media.value)
+            return StoredFrameResponse(stored, media.value)
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:
