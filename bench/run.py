@@ -396,7 +396,8 @@ def write_report(report: Report, out: Path) -> None:
     if report.notes:
         lines += ["", *[f"- {note}" for note in report.notes]]
     lines += ["", "P4 (bossphorus 0.1.0 in its own venv) and the scaling curves are not built yet.",
-              ""]
+              "Where the time goes in the workloads that miss their targets: "
+              "[performance.md](performance.md).", ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
 
