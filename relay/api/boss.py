@@ -9,14 +9,12 @@ error.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from .. import metadata
 from ..catalog import Catalog, Channel
@@ -36,6 +34,7 @@ from ..errors import (
 )
 from ..geometry import Box, Vec3
 from ..upstreams.base import ChannelRef
+from .routing import add_route
 
 __all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
 
@@ -51,21 +50,11 @@ _ENCODE_IN_THREAD_BYTES = 1 << 20
 router = APIRouter()
 
 
-def _route(path: str, endpoint: Callable[..., Any], methods: tuple[str, ...] = ("GET",)) -> None:
-    """Register ``path`` with and without its trailing slash (no redirects: a 307 would cost
-    intern a round trip and break POST). A handler's plain JSON result goes out as a
-    JSONResponse directly: FastAPI's generic serializer (jsonable_encoder) costs more than the
-    handler itself for these small, already-JSON-shaped bodies."""
-
-    @functools.wraps(endpoint)
-    async def respond(*args: Any, **kwargs: Any) -> Response:
-        result = await endpoint(*args, **kwargs)
-        return result if isinstance(result, Response) else JSONResponse(result)
-
+def _route(path: str, endpoint: Callable[..., Any]) -> None:
+    """Serve ``path`` with and without its trailing slash (no redirects: a 307 would cost
+    intern a round trip and break POST)."""
     bare = path.rstrip("/")
-    router.add_api_route(bare, respond, methods=list(methods), response_model=None)
-    router.add_api_route(bare + "/", respond, methods=list(methods), response_model=None,
-                         include_in_schema=False)
+    add_route(router, [bare, bare + "/"], endpoint)
 
 
 def _catalog(request: Request) -> Catalog:

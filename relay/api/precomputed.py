@@ -25,6 +25,7 @@ from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
 from .boss import _channel, caller_token
+from .routing import add_route
 
 __all__ = ["info_json", "router"]
 
@@ -92,5 +93,5 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
 
 
 _BASE = "/precomputed/{collection}/{experiment}/{channel}"
-router.add_api_route(_BASE + "/info", get_info, methods=["GET", "HEAD"])
-router.add_api_route(_BASE + "/{key}/{chunk}", get_chunk, methods=["GET", "HEAD"])
+add_route(router, [_BASE + "/info"], get_info)  # Starlette answers HEAD wherever GET is
+add_route(router, [_BASE + "/{key}/{chunk}"], get_chunk)
