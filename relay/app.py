@@ -114,7 +114,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
 
-    app.add_middleware(CountingMiddleware, metrics=metrics)
+    app.add_middleware(CountingMiddleware, metrics=metrics,
+                       limit=settings.server.max_concurrency)
     if settings.server.tokens:
         app.add_middleware(AuthMiddleware, tokens=settings.server.tokens)
     # added last, so outermost: its CORS headers reach every response, 401s included

@@ -58,6 +58,8 @@ class ServerSettings(_Model):
     #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
     #: (or ``Bearer``); otherwise 401
     tokens: tuple[str, ...] | None = None
+    #: requests served at once; one more gets 503 BossDB JSON at once instead of queueing
+    max_concurrency: int = Field(256, ge=1)
     #: PEM certificate and key: serve HTTPS (neuroglancer's boss:// source refuses http hosts)
     tls_cert: Path | None = None
     tls_key: Path | None = None

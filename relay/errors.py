@@ -19,6 +19,7 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     ├── MethodNotAllowed (405, 1006)
     ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
     ├── RequestTooLarge (413, 2000)              > 520 MiB uncompressed
+    ├── Overloaded (503, 9001)                   server.max_concurrency requests in progress
     ├── UpstreamError (502, 5000)                the upstream failed or sent bad data
     │   ├── UpstreamUnavailable (503, 5001)
     │   └── UpstreamTimeout (504, 5002)
@@ -40,6 +41,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotAcceptable",
     "NotFound",
+    "Overloaded",
     "RelayError",
     "RequestTooLarge",
     "ResourceNotFound",
@@ -144,6 +146,12 @@ class RequestTooLarge(RelayError):
     status = 413
     code = 2000
     default_message = "Cutout request is over 500MB when uncompressed. Reduce cutout dimensions."
+
+
+class Overloaded(RelayError):
+    status = 503
+    code = 9001
+    default_message = "The relay is at its concurrency limit; retry shortly"
 
 
 class UpstreamError(RelayError):

@@ -217,3 +217,46 @@ async def test_ttl_seconds_bounds_how_long_a_cuboid_is_reused(
     now[0] += 60
     await service.read(_request(channel, box))
     assert upstream.reads == 2  # a minute later: read upstream again
+
+
+def test_requests_past_the_concurrency_limit_get_503_json() -> None:
+    """Two requests hold the relay (their upstream reads wait on a gate); a third is refused at
+    once with BossDB JSON, and is served again once they finish."""
+    import concurrent.futures
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from relay.app import create_app
+    from relay.config import Settings
+
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    class GatedUpstream(FakeUpstream):
+        async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0,
+                       token: str | None = None) -> np.ndarray | None:
+            started.release()
+            await asyncio.to_thread(gate.wait, 30)
+            return await super().read(ref, level, box, t, token)
+
+    registry = Registry()
+    registry.register("gated", GatedUpstream)
+    source = SourceSettings(collection="c", experiment="e", channel="ch", kind="zarr", url="x")
+    settings = Settings(sources=[source.model_copy(update={"kind": "gated"})],
+                        cache={"disk_dir": None},
+                        server={"max_concurrency": 2})
+    with TestClient(create_app(settings, registry)) as client, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(client.get, f"/v1/cutout/c/e/ch/0/{x}:{x + 16}/0:16/0:8/")
+                for x in (0, 16)]
+        assert started.acquire(timeout=30) and started.acquire(timeout=30)
+        refused = client.get("/v1/cutout/c/e/ch/0/32:40/0:16/0:8/")
+        assert refused.status_code == 503
+        assert refused.json() == {"status": 503, "code": 9001,
+                                  "message": "The relay is at its concurrency limit; retry "
+                                             "shortly"}
+        assert client.get("/healthz").status_code == 200  # health is never refused
+        gate.set()
+        assert [f.result(timeout=30).status_code for f in held] == [200, 200]
+        assert client.get("/v1/cutout/c/e/ch/0/32:40/0:16/0:8/").status_code == 200

@@ -18,7 +18,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Unauthorized
+from ..errors import Overloaded, Unauthorized
 from ..metrics import Metrics
 
 __all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware"]
@@ -114,16 +114,33 @@ class AuthMiddleware:
 
 
 class CountingMiddleware:
-    """Counts requests that reach the routes (``relay_requests_total``): how a chain proves that
-    a warm front relay sends nothing down it. Health and metrics polls are not counted."""
+    """Counts requests that reach the routes (``relay_requests_total``: how a chain proves that
+    a warm front relay sends nothing down it) and bounds how many are in progress: past
+    ``limit`` a request gets 503 BossDB JSON at once, not a place in an unbounded queue. Health
+    and metrics polls are neither counted nor limited."""
 
     UNCOUNTED = frozenset({"/metrics", "/healthz", "/stats"})
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, limit: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.limit = limit
+        self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.UNCOUNTED:
-            self.metrics.inc("requests_total")
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.UNCOUNTED:
+            await self.app(scope, receive, send)
+            return
+        self.metrics.inc("requests_total")
+        if self.in_progress >= self.limit:
+            self.metrics.inc("requests_refused_total")
+            error = Overloaded()
+            response = JSONResponse(error.to_json(), status_code=error.status,
+                                    headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
