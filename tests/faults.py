@@ -59,6 +59,7 @@ class FaultServer:
         self.script: deque[str] = deque()
         self.cutouts = 0
         self.authorizations: list[str | None] = []
+        self.targets: list[str] = []  # every request target (path and query) received
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
 
@@ -85,7 +86,9 @@ class FaultServer:
             while (line := (await reader.readline()).decode().strip()):
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            path = request_line.split(" ")[1].split("?")[0]
+            target = request_line.split(" ")[1]
+            self.targets.append(target)
+            path = target.split("?")[0]
             await self._answer(path, headers.get("authorization"), writer)
         except (ConnectionError, IndexError):
             pass
