@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=args.log_level == "debug",
         ssl_certfile=str(tls.tls_cert.expanduser()) if tls.tls_cert else None,
         ssl_keyfile=str(tls.tls_key.expanduser()) if tls.tls_key else None,
+        timeout_graceful_shutdown=settings.server.shutdown_timeout,
     )
     server = uvicorn.Server(config)
     try:

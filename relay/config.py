@@ -60,6 +60,8 @@ class ServerSettings(_Model):
     tokens: tuple[str, ...] | None = None
     #: requests served at once; one more gets 503 BossDB JSON at once instead of queueing
     max_concurrency: int = Field(256, ge=1)
+    #: on SIGTERM, seconds to let requests in progress finish before closing them
+    shutdown_timeout: int = Field(30, ge=1)
     #: PEM certificate and key: serve HTTPS (neuroglancer's boss:// source refuses http hosts)
     tls_cert: Path | None = None
     tls_key: Path | None = None

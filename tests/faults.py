@@ -136,6 +136,9 @@ class FaultServer:
             self._send(writer, 200, "text/html", b"<html><body>Maintenance</body></html>")
         elif behaviour == "stall":  # never answers (until the server closes)
             await self._stall.wait()
+        elif behaviour == "slow":  # answers, after a while
+            await asyncio.sleep(1.5)
+            self._send(writer, 200, "application/blosc", body)
         elif behaviour == "boss-400":
             self._send(writer, 400, "application/json", json.dumps(
                 {"status": 400, "code": 1001, "message": "Incorrect cutout arguments"}).encode())

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -192,3 +193,32 @@ async def test_held_metadata_and_warm_cuboids_survive_an_unreachable_upstream() 
     channel = await relay.catalog.channel(REF)
     assert channel.info.dtype == np.uint8
     await relay.aclose()
+
+
+async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
+                                                        tmp_path: Any) -> None:
+    """A relay subprocess told to stop while a slow upstream read is in progress still answers
+    that request in full, then exits cleanly."""
+    import asyncio
+    import signal
+
+    from .servers import RelayProcess, write_config
+
+    config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
+                                                      "url": server.url, "token": SECRET}],
+                          tmp_path / "cache")
+    relay = RelayProcess(["--config", str(config)])
+    await asyncio.to_thread(relay.start)
+    server.script.append("slow")
+    async with httpx.AsyncClient(timeout=30) as client:
+        pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
+        while server.cutouts == 0:  # the relay's upstream read has begun
+            await asyncio.sleep(0.01)
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGTERM)
+        response = await pending
+    assert response.status_code == 200
+    got = np.frombuffer(__import__("blosc").decompress(response.content), np.uint8)
+    np.testing.assert_array_equal(got.reshape(8, 64, 64), EXPECTED)
+    # uvicorn re-raises the signal once it has shut down: "terminated by SIGTERM", on time
+    assert await asyncio.to_thread(relay.process.wait, 30) in (0, -signal.SIGTERM)
