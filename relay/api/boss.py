@@ -19,7 +19,6 @@ from fastapi import APIRouter, Request, Response
 from .. import metadata
 from ..catalog import Catalog, Channel
 from ..codecs import MediaType, check_jpeg, encode, negotiate
-from ..config import NAME_PATTERN
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import (
     DatatypeNotSupported,
@@ -33,7 +32,7 @@ from ..errors import (
     TypeError_,
 )
 from ..geometry import Box, Vec3
-from ..upstreams.base import ChannelRef
+from .common import caller_token, catalog_of, channel_for, check_names, show
 from .routing import add_route
 
 __all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
@@ -41,7 +40,6 @@ __all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
 #: BossDB's CUTOUT_MAX_SIZE: 520 MiB uncompressed.
 CUTOUT_MAX_BYTES = 520 * 2**20
 
-_NAME = re.compile(NAME_PATTERN)
 _RANGE = re.compile(r"(\d{1,10}):(\d{1,10})")
 _RESOLUTION = re.compile(r"\d")
 _ID = re.compile(r"\d{1,20}")
@@ -57,44 +55,16 @@ def _route(path: str, endpoint: Callable[..., Any]) -> None:
     add_route(router, [bare, bare + "/"], endpoint)
 
 
-def _catalog(request: Request) -> Catalog:
-    catalog: Catalog = request.app.state.catalog
-    return catalog
-
-
-def _show(name: str) -> str:
-    """A client-chosen name, safe to echo in a message."""
-    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
-    return shown + ("..." if len(name) > 64 else "")
-
-
-def _names(*pairs: tuple[str, str]) -> None:
-    for what, name in pairs:
-        if not _NAME.fullmatch(name):
-            raise ResourceNotFound(f"{what} {_show(name)} not found")
-
-
-async def _channel(request: Request, collection: str, experiment: str, channel: str) -> Channel:
-    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    return await _catalog(request).channel(ChannelRef(collection, experiment, channel),
-                                           caller_token(request))
-
-
 # --- resources ------------------------------------------------------------------------------
 
 
-def caller_token(request: Request) -> str | None:
-    """The caller's Authorization header value, as a forwarding source sends it upstream."""
-    return request.headers.get("authorization")
-
-
 async def list_collections(request: Request) -> dict[str, Any]:
-    return {"collections": await _catalog(request).collections(caller_token(request))}
+    return {"collections": await catalog_of(request).collections(caller_token(request))}
 
 
 async def get_collection(request: Request, collection: str) -> Any:
-    _names(("Collection", collection))
-    catalog, token = _catalog(request), caller_token(request)
+    check_names(("Collection", collection))
+    catalog, token = catalog_of(request), caller_token(request)
     upstream = catalog.passthrough(collection)
     if upstream is not None:
         return await upstream.boss_json(f"collection/{collection}/", token)
@@ -102,14 +72,14 @@ async def get_collection(request: Request, collection: str) -> Any:
 
 
 async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
-    _names(("Collection", collection))
-    experiments = await _catalog(request).experiments(collection, caller_token(request))
+    check_names(("Collection", collection))
+    experiments = await catalog_of(request).experiments(collection, caller_token(request))
     return {"experiments": experiments}
 
 
 async def get_experiment(request: Request, collection: str, experiment: str) -> Any:
-    _names(("Collection", collection), ("Experiment", experiment))
-    catalog, token = _catalog(request), caller_token(request)
+    check_names(("Collection", collection), ("Experiment", experiment))
+    catalog, token = catalog_of(request), caller_token(request)
     upstream = catalog.passthrough(collection, experiment)
     if upstream is not None:
         return await upstream.boss_json(f"collection/{collection}/experiment/{experiment}/",
@@ -119,20 +89,20 @@ async def get_experiment(request: Request, collection: str, experiment: str) -> 
 
 
 async def list_channels(request: Request, collection: str, experiment: str) -> dict[str, Any]:
-    _names(("Collection", collection), ("Experiment", experiment))
-    channels = await _catalog(request).channels(collection, experiment, caller_token(request))
+    check_names(("Collection", collection), ("Experiment", experiment))
+    channels = await catalog_of(request).channels(collection, experiment, caller_token(request))
     return {"channels": channels}
 
 
 async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
-    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    upstream = _catalog(request).passthrough(collection, experiment, channel)
+    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    upstream = catalog_of(request).passthrough(collection, experiment, channel)
     if upstream is not None:
         return await upstream.boss_json(
             f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
             caller_token(request),
         )
-    return metadata.channel_json(await _channel(request, collection, experiment, channel))
+    return metadata.channel_json(await channel_for(request, collection, experiment, channel))
 
 
 def _passthrough_upstreams(catalog: Catalog) -> list[Any]:
@@ -140,7 +110,7 @@ def _passthrough_upstreams(catalog: Catalog) -> list[Any]:
 
 
 async def list_coords(request: Request) -> dict[str, Any]:
-    catalog, token = _catalog(request), caller_token(request)
+    catalog, token = catalog_of(request), caller_token(request)
     names = list(metadata.local_frames(catalog))
     for upstream in _passthrough_upstreams(catalog):
         names.extend((await upstream.boss_json("coord/", token))["coords"])
@@ -148,8 +118,8 @@ async def list_coords(request: Request) -> dict[str, Any]:
 
 
 async def get_coord(request: Request, coord: str) -> Any:
-    _names(("Coordinate frame", coord))
-    catalog, token = _catalog(request), caller_token(request)
+    check_names(("Coordinate frame", coord))
+    catalog, token = catalog_of(request), caller_token(request)
     local = metadata.local_frames(catalog).get(coord)
     if local is not None:
         return metadata.coord_json(await metadata.experiment_view(catalog, *local, token))
@@ -159,16 +129,16 @@ async def get_coord(request: Request, coord: str) -> Any:
         except RelayError as exc:
             if exc.status != 404:
                 raise
-    raise ResourceNotFound(f"{_show(coord)} does not exist.")
+    raise ResourceNotFound(f"{show(coord)} does not exist.")
 
 
 async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
-    _names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    upstream = _catalog(request).passthrough(collection, experiment, channel)
+    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    upstream = catalog_of(request).passthrough(collection, experiment, channel)
     if upstream is not None:
         return await upstream.boss_json(f"downsample/{collection}/{experiment}/{channel}/",
                                         caller_token(request))
-    return metadata.downsample_json(await _channel(request, collection, experiment, channel))
+    return metadata.downsample_json(await channel_for(request, collection, experiment, channel))
 
 
 async def ping(request: Request) -> dict[str, Any]:
@@ -210,7 +180,7 @@ def cutout_nbytes(box: Box, times: int, dtype: np.dtype[Any]) -> int:
 def _range(text: str, what: str) -> tuple[int, int]:
     match = _RANGE.fullmatch(text)
     if match is None:
-        raise TypeError_(f"Type error in cutout argument {what}: {_show(text)}")
+        raise TypeError_(f"Type error in cutout argument {what}: {show(text)}")
     return int(match[1]), int(match[2])
 
 
@@ -258,8 +228,8 @@ async def cutout(
 ) -> Response:
     media = negotiate(request.headers.get("accept"))
     if not _RESOLUTION.fullmatch(resolution):
-        raise NotFound(f"Invalid resolution {_show(resolution)}: one digit expected")
-    chan = await _channel(request, collection, experiment, channel)
+        raise NotFound(f"Invalid resolution {show(resolution)}: one digit expected")
+    chan = await channel_for(request, collection, experiment, channel)
     info = chan.info
     res = int(resolution)
     if res >= len(info.levels):

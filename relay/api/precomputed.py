@@ -24,7 +24,7 @@ from ..catalog import Channel
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
-from .boss import _channel, caller_token
+from .common import caller_token, channel_for
 from .routing import add_route
 
 __all__ = ["info_json", "router"]
@@ -61,12 +61,12 @@ def info_json(channel: Channel) -> dict[str, Any]:
 
 async def get_info(request: Request, collection: str, experiment: str,
                    channel: str) -> dict[str, Any]:
-    return info_json(await _channel(request, collection, experiment, channel))
+    return info_json(await channel_for(request, collection, experiment, channel))
 
 
 async def get_chunk(request: Request, collection: str, experiment: str, channel: str,
                     key: str, chunk: str) -> Response:
-    chan = await _channel(request, collection, experiment, channel)
+    chan = await channel_for(request, collection, experiment, channel)
     match = _CHUNK.fullmatch(chunk)
     if not _KEY.fullmatch(key) or int(key) >= len(chan.info.levels) or match is None:
         raise NotFound(f"No chunk {key[:20]}/{chunk[:80]}")

@@ -1,0 +1,46 @@
+"""What every dialect's handlers share: name checks, the caller's credential, channel lookup."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import Request
+
+from ..catalog import Catalog, Channel
+from ..config import NAME_PATTERN
+from ..errors import ResourceNotFound
+from ..upstreams.base import ChannelRef
+
+__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show"]
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def catalog_of(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+def caller_token(request: Request) -> str | None:
+    """The caller's Authorization header value, as a forwarding source sends it upstream."""
+    return request.headers.get("authorization")
+
+
+def show(name: str) -> str:
+    """A client-chosen name, safe to echo in a message."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
+    return shown + ("..." if len(name) > 64 else "")
+
+
+def check_names(*pairs: tuple[str, str]) -> None:
+    """A name that cannot exist is a 404, like any unknown name (and never reaches a store)."""
+    for what, name in pairs:
+        if not _NAME.fullmatch(name):
+            raise ResourceNotFound(f"{what} {show(name)} not found")
+
+
+async def channel_for(request: Request, collection: str, experiment: str,
+                      channel: str) -> Channel:
+    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    return await catalog_of(request).channel(ChannelRef(collection, experiment, channel),
+                                             caller_token(request))
