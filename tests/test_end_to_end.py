@@ -103,3 +103,33 @@ def test_a_source_pointed_at_another_store_never_serves_the_old_bytes(tmp_path: 
         # the same names and the same disk cache directory, a different store
         with TestClient(create_app(make_settings(sources, tmp_path / "cache"))) as client:
             np.testing.assert_array_equal(decode(client.get(url).content, (8, 64, 64)), data)
+
+
+async def test_eviction_while_responses_stream_never_shortens_a_body(tmp_path: Path) -> None:
+    """A memory tier that holds one cuboid, no disk tier, and 4 clients each reading a different
+    warm cuboid over and over: entries are evicted while others are being sent, and every body
+    is whole and right."""
+    data = np.random.default_rng(4).integers(0, 256, (16, 1024, 1024), dtype=np.uint8)
+    store = zarr.create_array(str(tmp_path / "v.zarr"), shape=data.shape,
+                              chunks=(16, 512, 512), dtype="uint8")
+    store[...] = data
+    sources = [{"collection": "c", "experiment": "e", "channel": "v", "kind": "zarr",
+                "url": str(tmp_path / "v.zarr")}]
+    config = write_config(tmp_path / "relay.yaml", sources, None,
+                          memory_bytes=CUBOID_BYTES + 1024)
+    boxes = [(x, y) for x in (0, 512) for y in (0, 512)]
+    with RelayProcess(["--config", str(config)]) as relay:
+        async with httpx.AsyncClient(base_url=relay.url, timeout=60) as client:
+
+            async def reader(x: int, y: int) -> int:
+                url = f"/v1/cutout/c/e/v/0/{x}:{x + 512}/{y}:{y + 512}/0:16/"
+                for _ in range(15):
+                    response = await client.get(url)
+                    assert response.status_code == 200
+                    np.testing.assert_array_equal(decode(response.content, (16, 512, 512)),
+                                                  data[:, y:y + 512, x:x + 512])
+                return 15
+
+            assert sum(await asyncio.gather(*(reader(x, y) for x, y in boxes))) == 60
+        metrics = relay.metrics()
+    assert metrics["relay_cache_memory_evictions"] > 0  # evictions did happen meanwhile
