@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,37 @@ async def test_eviction_while_responses_stream_never_shortens_a_body(tmp_path: P
             assert sum(await asyncio.gather(*(reader(x, y) for x, y in boxes))) == 60
         metrics = relay.metrics()
     assert metrics["relay_cache_memory_evictions"] > 0  # evictions did happen meanwhile
+
+
+def test_a_thousand_aborted_requests_leak_no_tasks_or_descriptors(
+        fixture_sources: list[dict[str, Any]], tmp_path: Path) -> None:
+    """1,000 clients that send a cutout request and hang up before the answer: afterwards the
+    relay holds no more file descriptors than before (± a few), has no request or fetch in
+    progress, and still answers correctly."""
+    import socket
+
+    config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache")
+    with RelayProcess(["--config", str(config)]) as relay:
+        assert relay.process is not None
+        fds = Path(f"/proc/{relay.process.pid}/fd")
+        url = "/v1/cutout/col1/exp1/ch1/0/0:1024/0:1000/0:40/"
+        httpx.get(relay.url + url, timeout=60)  # warm: the relay has its files and pools open
+        before = len(list(fds.iterdir()))
+        for i in range(1000):
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+                box = f"/v1/cutout/col1/exp1/ch1/0/{i % 900}:{i % 900 + 100}/0:1000/0:40/"
+                sock.sendall(f"GET {box} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                # close without reading: the relay's answer goes to a closed socket
+        response = httpx.get(relay.url + url, timeout=60)  # the relay is still well
+        assert response.status_code == 200
+        np.testing.assert_array_equal(decode(response.content, (40, 1000, 1024)),
+                                      truth("ch1", 0, (0, 0, 0), (1024, 1000, 40)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # aborted requests may still be finishing
+            gauges = relay.metrics()
+            if gauges["relay_inflight_cuboid_fetches"] == 0 and \
+                    len(list(fds.iterdir())) <= before + 4:
+                break
+            time.sleep(0.1)  # polling the relay's own gauges
+        assert relay.metrics()["relay_inflight_cuboid_fetches"] == 0
+        assert len(list(fds.iterdir())) <= before + 4
