@@ -139,6 +139,14 @@ class FaultServer:
         elif behaviour == "slow":  # answers, after a while
             await asyncio.sleep(1.5)
             self._send(writer, 200, "application/blosc", body)
+        elif behaviour == "trickle":  # slow-loris: a byte every 50 ms, never a read timeout
+            self._send(writer, 200, "application/blosc", b"", length=len(body))
+            for byte in body:
+                if self._stall.is_set():
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
         elif behaviour == "boss-400":
             self._send(writer, 400, "application/json", json.dumps(
                 {"status": 400, "code": 1001, "message": "Incorrect cutout arguments"}).encode())

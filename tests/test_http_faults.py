@@ -222,3 +222,18 @@ async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
     np.testing.assert_array_equal(got.reshape(8, 64, 64), EXPECTED)
     # uvicorn re-raises the signal once it has shut down: "terminated by SIGTERM", on time
     assert await asyncio.to_thread(relay.process.wait, 30) in (0, -signal.SIGTERM)
+
+
+async def test_a_slow_loris_upstream_is_bounded_by_the_total_timeout(server: FaultServer) -> None:
+    """Bytes keep arriving (no read timeout ever fires), but the call as a whole ends at the
+    total timeout: 504, nothing cached, and the next read is whole."""
+    server.script.extend(["trickle"])
+    relay = Relay(server.url, timeout=1.5, read_timeout=1.0, retries=0)
+    started = time.monotonic()
+    with pytest.raises(RelayError) as info:
+        await relay.read()
+    assert info.value.status == 504
+    assert time.monotonic() - started < 3.0
+    assert relay.memory.stats()["entries"] == 0
+    np.testing.assert_array_equal(await relay.read(), EXPECTED)
+    await relay.aclose()
