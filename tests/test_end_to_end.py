@@ -168,3 +168,38 @@ def test_a_thousand_aborted_requests_leak_no_tasks_or_descriptors(
             time.sleep(0.1)  # polling the relay's own gauges
         assert relay.metrics()["relay_inflight_cuboid_fetches"] == 0
         assert len(list(fds.iterdir())) <= before + 4
+
+
+def test_damaged_disk_entries_are_never_served_after_a_restart(
+        fixture_sources: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Warm a disk cache, stop the relay, flip a byte in half the cached files and truncate the
+    other half, restart: every answer still equals the store, each damaged entry is counted,
+    dropped and read upstream again, and the cache works on (a third pass reads nothing)."""
+    config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache",
+                          memory_bytes=0)  # disk only, so every read goes through the disk
+    url = "/v1/cutout/col1/exp1/ch16/0/0:1024/0:1000/0:32/"  # 2 × 2 × 2 = 8 cuboids
+    expected = truth("ch16", 0, (0, 0, 0), (1024, 1000, 32))
+
+    def read(relay: RelayProcess) -> None:
+        response = httpx.get(relay.url + url, timeout=60)
+        assert response.status_code == 200
+        np.testing.assert_array_equal(decode(response.content, (32, 1000, 1024), "uint16"),
+                                      expected)
+
+    with RelayProcess(["--config", str(config)]) as relay:
+        read(relay)
+    files = sorted((tmp_path / "cache").rglob("*.val"))
+    assert len(files) == 8
+    for i, path in enumerate(files):
+        data = bytearray(path.read_bytes())
+        if i % 2:
+            data[len(data) // 3] ^= 0x5A
+            path.write_bytes(bytes(data))
+        else:
+            path.write_bytes(bytes(data[: len(data) // 2]))
+    with RelayProcess(["--config", str(config)]) as relay:
+        read(relay)
+        assert relay.upstream_reads() == 8
+        assert relay.metrics()["relay_cache_disk_corrupt"] == 8
+        read(relay)
+        assert relay.upstream_reads() == 8  # re-cached whole: the third pass reads nothing
