@@ -8,6 +8,7 @@ clipped) and answers cutouts by following ``script``: one behaviour per cutout r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
 from collections import deque
@@ -137,7 +138,7 @@ class FaultServer:
         elif behaviour == "stall":  # never answers (until the server closes)
             await self._stall.wait()
         elif behaviour == "slow":  # answers, after a while
-            await asyncio.sleep(1.5)
+            await self._pause(1.5)
             self._send(writer, 200, "application/blosc", body)
         elif behaviour == "trickle":  # slow-loris: a byte every 50 ms, never a read timeout
             self._send(writer, 200, "application/blosc", b"", length=len(body))
@@ -146,12 +147,17 @@ class FaultServer:
                     break
                 writer.write(bytes([byte]))
                 await writer.drain()
-                await asyncio.sleep(0.05)
+                await self._pause(0.05)
         elif behaviour == "boss-400":
             self._send(writer, 400, "application/json", json.dumps(
                 {"status": 400, "code": 1001, "message": "Incorrect cutout arguments"}).encode())
         else:
             raise AssertionError(behaviour)
+
+    async def _pause(self, seconds: float) -> None:
+        """Behave slowly for ``seconds``, or less if the server is closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stall.wait(), seconds)
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
