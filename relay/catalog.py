@@ -49,6 +49,10 @@ class Catalog:
     def upstreams(self) -> list[Upstream]:
         return [upstream for _, upstream in self._entries]
 
+    @property
+    def passthrough_upstreams(self) -> list[Upstream]:
+        return [upstream for upstream in self.upstreams if upstream.passthrough]
+
     def claim(self, *names: str) -> tuple[SourceSettings, Upstream] | None:
         """The first source whose patterns match ``names`` (collection[, experiment[, channel]])."""
         for source, upstream in self._entries:

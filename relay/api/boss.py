@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from .. import metadata
-from ..catalog import Catalog, Channel
+from ..catalog import Channel
 from ..codecs import MediaType, check_jpeg, encode, negotiate
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import (
@@ -62,13 +62,21 @@ async def list_collections(request: Request) -> dict[str, Any]:
     return {"collections": await catalog_of(request).collections(caller_token(request))}
 
 
+async def _passed_through(request: Request, path: str, *names: str) -> Any | None:
+    """The upstream's own JSON at ``path`` when a BossDB-speaking source claims ``names``."""
+    upstream = catalog_of(request).passthrough(*names)
+    if upstream is None:
+        return None
+    return await upstream.boss_json(path, caller_token(request))
+
+
 async def get_collection(request: Request, collection: str) -> Any:
     check_names(("Collection", collection))
-    catalog, token = catalog_of(request), caller_token(request)
-    upstream = catalog.passthrough(collection)
-    if upstream is not None:
-        return await upstream.boss_json(f"collection/{collection}/", token)
-    return metadata.collection_json(collection, await catalog.experiments(collection, token))
+    passed = await _passed_through(request, f"collection/{collection}/", collection)
+    if passed is not None:
+        return passed
+    experiments = await catalog_of(request).experiments(collection, caller_token(request))
+    return metadata.collection_json(collection, experiments)
 
 
 async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
@@ -79,12 +87,12 @@ async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
 
 async def get_experiment(request: Request, collection: str, experiment: str) -> Any:
     check_names(("Collection", collection), ("Experiment", experiment))
-    catalog, token = catalog_of(request), caller_token(request)
-    upstream = catalog.passthrough(collection, experiment)
-    if upstream is not None:
-        return await upstream.boss_json(f"collection/{collection}/experiment/{experiment}/",
-                                        token)
-    view = await metadata.experiment_view(catalog, collection, experiment, token)
+    passed = await _passed_through(
+        request, f"collection/{collection}/experiment/{experiment}/", collection, experiment)
+    if passed is not None:
+        return passed
+    view = await metadata.experiment_view(catalog_of(request), collection, experiment,
+                                          caller_token(request))
     return metadata.experiment_json(view)
 
 
@@ -96,23 +104,18 @@ async def list_channels(request: Request, collection: str, experiment: str) -> d
 
 async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    upstream = catalog_of(request).passthrough(collection, experiment, channel)
-    if upstream is not None:
-        return await upstream.boss_json(
-            f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
-            caller_token(request),
-        )
+    passed = await _passed_through(
+        request, f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
+        collection, experiment, channel)
+    if passed is not None:
+        return passed
     return metadata.channel_json(await channel_for(request, collection, experiment, channel))
-
-
-def _passthrough_upstreams(catalog: Catalog) -> list[Any]:
-    return list({id(u): u for u in catalog.upstreams if u.passthrough}.values())
 
 
 async def list_coords(request: Request) -> dict[str, Any]:
     catalog, token = catalog_of(request), caller_token(request)
     names = list(metadata.local_frames(catalog))
-    for upstream in _passthrough_upstreams(catalog):
+    for upstream in catalog.passthrough_upstreams:
         names.extend((await upstream.boss_json("coord/", token))["coords"])
     return {"coords": list(dict.fromkeys(names))}
 
@@ -123,7 +126,7 @@ async def get_coord(request: Request, coord: str) -> Any:
     local = metadata.local_frames(catalog).get(coord)
     if local is not None:
         return metadata.coord_json(await metadata.experiment_view(catalog, *local, token))
-    for upstream in _passthrough_upstreams(catalog):
+    for upstream in catalog.passthrough_upstreams:
         try:
             return await upstream.boss_json(f"coord/{coord}/", token)
         except RelayError as exc:
@@ -134,10 +137,11 @@ async def get_coord(request: Request, coord: str) -> Any:
 
 async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    upstream = catalog_of(request).passthrough(collection, experiment, channel)
-    if upstream is not None:
-        return await upstream.boss_json(f"downsample/{collection}/{experiment}/{channel}/",
-                                        caller_token(request))
+    passed = await _passed_through(
+        request, f"downsample/{collection}/{experiment}/{channel}/",
+        collection, experiment, channel)
+    if passed is not None:
+        return passed
     return metadata.downsample_json(await channel_for(request, collection, experiment, channel))
 
 
@@ -266,17 +270,14 @@ async def cutout(
     service: CutoutService = request.app.state.cutouts
     cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
                            token=caller_token(request))
-    if media is MediaType.BLOSC and ids is None:
-        stored = await service.cached_blosc(cutout)
-        if stored is not None:
-            return StoredFrameResponse(stored, media.value)
+    plain_blosc = media is MediaType.BLOSC and ids is None
+    if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
+        return StoredFrameResponse(stored, media.value)
     data = await service.read(cutout)
-    if media is MediaType.BLOSC and ids is None and not cutout.refresh:
-        # a cold read of exactly one cuboid has just packed it: send that frame, not a second
-        # compression of the same voxels
-        stored = await service.cached_blosc(cutout)
-        if stored is not None:
-            return StoredFrameResponse(stored, media.value)
+    # a cold read of exactly one cuboid has just packed it: send that frame rather than
+    # compressing the same voxels a second time
+    if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
+        return StoredFrameResponse(stored, media.value)
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:

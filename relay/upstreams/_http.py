@@ -33,7 +33,8 @@ from tenacity.wait import wait_exponential_jitter
 
 from ..errors import RelayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["HttpPool", "HttpSettings", "PassThroughError", "boss_error_or", "json_body"]
+__all__ = ["HttpPool", "HttpSettings", "PassThroughError", "boss_error_or", "describe",
+           "json_body"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_ERROR_TEXT = 200
@@ -77,6 +78,12 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def describe(url: str, label: str) -> str:
+    """``label host:port`` for messages and logs: never the URL, which may carry credentials."""
+    parts = urlsplit(url)
+    return f"{label} {parts.hostname or '?'}:{parts.port or ''}".rstrip(":")
 
 
 def _text(response: httpx.Response) -> str:

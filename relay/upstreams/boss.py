@@ -18,14 +18,13 @@ import logging
 import time
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ..codecs import DTYPES, decode_blosc
 from ..errors import ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
-from ._http import json_body
+from ._http import describe, json_body
 from .base import (
     BOSS_CUBOID,
     ChannelInfo,
@@ -50,10 +49,8 @@ class BossUpstream(Upstream):
 
     def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
         super().__init__(source, context)
-        parts = urlsplit(source.url.rstrip("/"))
-        # credentials in the URL never reach messages, logs or cache keys
-        self._base = urlunsplit(parts)
-        self._where = f"upstream {parts.hostname or '?'}:{parts.port or ''}".rstrip(":")
+        self._base = source.url.rstrip("/")
+        self._where = describe(self._base, "upstream")  # credentials in the URL stay out
         # (path, credential digest) → (expiry, JSON); bounded, since forwarded tokens make
         # one set of entries per caller
         self._metadata: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()

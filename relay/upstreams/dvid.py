@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import lz4.block
@@ -29,7 +28,7 @@ import numpy as np
 from ..codecs import DTYPES
 from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
-from ._http import json_body
+from ._http import describe, json_body
 from .base import ChannelInfo, ChannelRef, Level, Upstream, UpstreamContext, default_cuboid
 
 __all__ = ["DvidUpstream"]
@@ -71,9 +70,8 @@ class DvidUpstream(Upstream):
         if not source.uuid:
             raise ConfigError(f"dvid source {source.collection}/{source.experiment}/"
                               f"{source.channel} needs 'uuid:' (a UUID, prefix or :branch)")
-        parts = urlsplit(source.url.rstrip("/"))
-        self._base = urlunsplit(parts)
-        self._where = f"DVID at {parts.hostname or '?'}:{parts.port or ''}".rstrip(":")
+        self._base = source.url.rstrip("/")
+        self._where = describe(self._base, "DVID at")
         self._opened: dict[str, _Opened] = {}
 
     @property
