@@ -54,8 +54,8 @@ class TieredCache:
             value = await self._guard(tier, "get", functools.partial(tier.get, key))
             if value is not None:
                 self.counters[f"{tier.name}_hits"] += 1
-                for upper in self.tiers[:depth]:  # promote
-                    await self._put_one(upper, key, value, depth=self.tiers.index(upper))
+                for upper_depth, upper in enumerate(self.tiers[:depth]):  # promote
+                    await self._put_one(upper, key, value, upper_depth)
                 return value
         value = self._in_transit.get(key)
         if value is not None:
@@ -125,7 +125,7 @@ class TieredCache:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.counters[f"{tier.name}_errors"] = self.counters.get(f"{tier.name}_errors", 0) + 1
+            self.counters[f"{tier.name}_errors"] += 1
             if (tier.name, op) not in self._logged:
                 self._logged.add((tier.name, op))
                 log.warning("cache tier %s failed on %s (%s); treating as a miss", tier.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..codecs import DTYPES
@@ -50,18 +52,20 @@ def voxel_unit(unit: str | None, configured: str | None) -> str:
 
 
 def make_level(
-    voxel_size: tuple[float, float, float],
-    start: tuple[int, int, int],
-    shape_xyz: tuple[int, int, int],
-    chunk_xyz: tuple[int, int, int],
+    voxel_size: Sequence[float],
+    start: Sequence[int],
+    shape_xyz: Sequence[int],
+    chunk_xyz: Sequence[int],
     cuboid: tuple[int, int, int] | None,
 ) -> Level:
-    """A level whose cuboid grid starts at the store's chunk origin (``start``)."""
-    origin = Vec3(*start)
-    grid = Vec3(*cuboid) if cuboid is not None else default_cuboid(chunk_xyz)
+    """A level whose cuboid grid starts at the store's chunk origin (``start``); every vector
+    is x, y, z (stores hand them over as lists or tuples of any numeric type)."""
+    origin = Vec3(*(int(v) for v in start))
+    chunk = Vec3(*(int(v) for v in chunk_xyz))
+    grid = Vec3(*cuboid) if cuboid is not None else default_cuboid(chunk)
     return Level(
         voxel_size=(float(voxel_size[0]), float(voxel_size[1]), float(voxel_size[2])),
-        bounds=Box(origin, origin + shape_xyz),
+        bounds=Box(origin, origin + Vec3(*(int(v) for v in shape_xyz))),
         cuboid=grid,
         origin=origin,
     )

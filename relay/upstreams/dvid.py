@@ -159,8 +159,8 @@ class DvidUpstream(Upstream):
         voxel = [float(v) for v in extended["VoxelSize"]]
         if not own_extents:
             voxel = [v * factor for v in voxel]
-        block = tuple(int(v) for v in extended["BlockSize"])
-        cuboid = self.source.cuboid or default_cuboid(block)  # type: ignore[arg-type]
+        block = Vec3(*(int(v) for v in extended["BlockSize"]))
+        cuboid = self.source.cuboid or default_cuboid(block)
         return Level(voxel_size=(voxel[0], voxel[1], voxel[2]), bounds=Box(start, stop),
                      cuboid=Vec3(*cuboid), origin=Vec3(0, 0, 0))
 

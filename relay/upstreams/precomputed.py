@@ -65,10 +65,10 @@ class PrecomputedUpstream(Upstream):
                 voxel = [v / b * c for v, b, c in zip(voxel, base, src.voxel_size, strict=True)]
             levels.append(
                 make_level(
-                    tuple(voxel),  # type: ignore[arg-type]
-                    tuple(int(v) for v in scale["voxel_offset"]),  # type: ignore[arg-type]
-                    tuple(int(v) for v in scale["size"]),  # type: ignore[arg-type]
-                    tuple(int(v) for v in scale["chunk_sizes"][0]),  # type: ignore[arg-type]
+                    voxel,
+                    scale["voxel_offset"],
+                    scale["size"],
+                    scale["chunk_sizes"][0],
                     src.cuboid,
                 )
             )

@@ -24,7 +24,7 @@ from zarr.storage import FsspecStore, LocalStore
 from ..errors import ConfigError, ResourceNotFound, UpstreamError
 from ..geometry import Box
 from ._levels import boss_dtype, channel_type, make_level, voxel_unit
-from .base import ChannelInfo, ChannelRef, Upstream
+from .base import ChannelInfo, ChannelRef, Level, Upstream
 
 __all__ = ["ZarrUpstream"]
 
@@ -100,8 +100,8 @@ class ZarrUpstream(Upstream):
         }
         outer_scale, _ = _transforms(ms.get("coordinateTransformations"), len(names))
         arrays: list[AsyncArray[Any]] = []
-        levels = []
-        base_voxel: tuple[float, float, float] | None = None
+        levels: list[Level] = []
+        base_voxel: tuple[float, ...] | None = None
         for dataset in ms["datasets"]:
             node = await group.getitem(dataset["path"])
             if not isinstance(node, AsyncArray):
@@ -113,28 +113,28 @@ class ZarrUpstream(Upstream):
             voxel = tuple(scale[axes.index(a)] for a in "xyz")
             offset = tuple(translation[axes.index(a)] for a in "xyz")
             if base_voxel is None:
-                base_voxel = voxel  # type: ignore[assignment]
-            if self.source.voxel_size is not None and base_voxel is not None:
+                base_voxel = voxel
+            if self.source.voxel_size is not None:
                 # configured voxel size overrides the store's; keep the store's level ratios
                 voxel = tuple(
                     v / b * c
                     for v, b, c in zip(voxel, base_voxel, self.source.voxel_size, strict=True)
                 )
             arrays.append(node)
-            levels.append(self._level(node, axes, voxel, offset))  # type: ignore[arg-type]
+            levels.append(self._level(node, axes, voxel, offset))
         return self._finish(tuple(arrays), axes, tuple(levels), units.get("x"))
 
     def _level(
         self,
         array: AsyncArray[Any],
         axes: str,
-        voxel: tuple[float, float, float],
-        offset: tuple[float, float, float],
-    ) -> Any:
+        voxel: tuple[float, ...],
+        offset: tuple[float, ...],
+    ) -> Level:
         shape = tuple(array.shape[axes.index(a)] for a in "xyz")
         chunk = tuple(array.chunks[axes.index(a)] for a in "xyz")
         start = tuple(round(o / v) for o, v in zip(offset, voxel, strict=True))
-        return make_level(voxel, start, shape, chunk, self.source.cuboid)  # type: ignore[arg-type]
+        return make_level(voxel, start, shape, chunk, self.source.cuboid)
 
     def _check_axes(self, axes: str, ndim: int) -> None:
         if len(axes) != ndim or set("xyz") - set(axes) or not set(axes) <= set("tczyx"):
@@ -147,7 +147,7 @@ class ZarrUpstream(Upstream):
         self,
         arrays: tuple[AsyncArray[Any], ...],
         axes: str,
-        levels: tuple[Any, ...],
+        levels: tuple[Level, ...],
         unit: str | None,
     ) -> _Opened:
         src = self.source
