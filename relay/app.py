@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,9 +28,12 @@ from .errors import (
 )
 from .metrics import Metrics
 from .upstreams._http import HttpPool
-from .upstreams.base import Registry, UpstreamContext, registry
+from .upstreams.base import ChannelRef, Registry, UpstreamContext, registry
 
-__all__ = ["build_cache", "create_app"]
+__all__ = ["SETTINGS_ENV", "build_cache", "check_required", "create_app", "from_environment"]
+
+#: Where ``relay serve --workers N`` hands its validated settings to each worker process.
+SETTINGS_ENV = "RELAY_SERVE_SETTINGS_JSON"
 
 log = logging.getLogger("relay")
 
@@ -75,6 +79,37 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Never a traceback to the client; the log has it.
     log.exception("unhandled error on %s %s", request.method, request.url.path[:200])
     return _error(RelayError())
+
+
+async def check_required(settings: Settings, upstreams: Registry = registry) -> list[str]:
+    """One line per ``required`` source that does not answer now (startup's fail-fast)."""
+    required = [source for source in settings.sources if source.required]
+    if not required:
+        return []
+    http = HttpPool()
+    catalog = Catalog(required, upstreams, UpstreamContext(http))
+    problems = []
+    try:
+        for source, upstream in catalog.entries:
+            names = (source.collection, source.experiment, source.channel)
+            where = f"{'/'.join(names)} ({source.kind})"
+            try:
+                if "*" not in names:
+                    await upstream.channel_info(ChannelRef(*names), source.token)
+                elif upstream.passthrough:
+                    await upstream.boss_json("collection/", source.token)
+            except Exception as exc:  # any failure to answer is the one line to print
+                why = exc.message if isinstance(exc, RelayError) else f"{exc!r}"[:300]
+                problems.append(f"required source {where} does not answer: {why}")
+    finally:
+        await catalog.aclose()
+        await http.aclose()
+    return problems
+
+
+def from_environment() -> FastAPI:
+    """The app of one ``--workers`` process, from the settings its parent validated."""
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
 def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:

@@ -1,5 +1,5 @@
-"""``relay serve [--config FILE] [--host H] [--port P]`` and ``relay demo [--dir DIR]``
-(``python -m relay`` is the same program).
+"""``relay serve [--config FILE] [--host H] [--port P] [--workers N]`` and
+``relay demo [--dir DIR]`` (``python -m relay`` is the same program).
 
 Without ``--config`` (or ``RELAY_CONFIG``) it serves the embedded demo, generating it first if
 needed. Errors a user can fix (a bad config, a busy port) end the program with one line on
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigFileError, Settings, load_settings
+from .config import ConfigFileError, Settings, load_settings, with_server
 
 __all__ = ["main"]
 
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                        "else the embedded demo)")
     serve.add_argument("--host", help="bind address (overrides the config)")
     serve.add_argument("--port", type=int, help="port (overrides the config)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the disk cache "
+                       "(overrides server.workers)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     demo = commands.add_parser(
@@ -68,11 +70,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    if server:
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update=server)}
-        )
-    return settings
+    if args.workers is not None:
+        server["workers"] = args.workers
+    return with_server(settings, **server) if server else settings
 
 
 def _check_cache_dir(settings: Settings) -> str | None:
@@ -103,36 +103,57 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return 2
-    problem = _check_cache_dir(settings)
-    if problem:
+    import asyncio
+
+    from .app import check_required
+
+    problems = [p for p in [_check_cache_dir(settings)] if p]
+    problems += asyncio.run(check_required(settings))
+    for problem in problems:
         print(f"relay: {problem}", file=sys.stderr)
+    if problems:
         return 1
+    return _serve(settings, args.log_level)
+
+
+def _serve(settings: Settings, log_level: str) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import SETTINGS_ENV, create_app
 
-    app = create_app(settings)
+    server_settings = settings.server
     log.info(
-        "serving %d source(s) on %s://%s:%d", len(settings.sources),
-        "https" if settings.server.tls_cert else "http", settings.server.host,
-        settings.server.port,
+        "serving %d source(s) on %s://%s:%d with %d worker(s)", len(settings.sources),
+        "https" if server_settings.tls_cert else "http", server_settings.host,
+        server_settings.port, server_settings.workers,
     )
-    tls = settings.server
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=args.log_level,
-        access_log=args.log_level == "debug",
-        ssl_certfile=str(tls.tls_cert.expanduser()) if tls.tls_cert else None,
-        ssl_keyfile=str(tls.tls_key.expanduser()) if tls.tls_key else None,
-        timeout_graceful_shutdown=settings.server.shutdown_timeout,
+    options: dict[str, Any] = dict(
+        host=server_settings.host,
+        port=server_settings.port,
+        log_level=log_level,
+        access_log=log_level == "debug",
+        ssl_certfile=str(server_settings.tls_cert.expanduser()) if server_settings.tls_cert
+        else None,
+        ssl_keyfile=str(server_settings.tls_key.expanduser()) if server_settings.tls_key
+        else None,
+        timeout_graceful_shutdown=server_settings.shutdown_timeout,
     )
-    server = uvicorn.Server(config)
+    where = f"{server_settings.host}:{server_settings.port}"
+    if server_settings.workers > 1:
+        # Worker processes import the app by name; they get the settings validated here,
+        # not a second reading of the file and environment.
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        try:
+            uvicorn.run("relay.app:from_environment", factory=True,
+                        workers=server_settings.workers, **options)
+        except OSError as exc:
+            print(f"relay: cannot serve on {where}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
     try:
         server.run()
     except OSError as exc:  # e.g. the port is taken
-        print(f"relay: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
-              file=sys.stderr)
+        print(f"relay: cannot serve on {where}: {exc}", file=sys.stderr)
         return 1
     return 0 if server.started else 1

@@ -33,6 +33,7 @@ __all__ = [
     "negotiate",
     "pack_cuboid",
     "packed_blosc_frame",
+    "packed_fetched_at",
     "unpack_cuboid",
 ]
 
@@ -148,21 +149,30 @@ def _blosc(array: np.ndarray) -> bytes:
 
 # --- packed cuboids (the cache's value format) ---------------------------------------------
 #
-# magic "RLC1" | dtype char | pad | z | y | x (uint32 LE) | one Blosc1 frame of the C-order bytes.
-# The header makes an entry self-describing, so a value can be checked against the shape and
-# dtype the planner expects before a single voxel is trusted.
-_HEADER = struct.Struct("<4sBxxxIII")
-_MAGIC = b"RLC1"
+# magic "RLC2" | dtype code | pad | z | y | x (uint32 LE) | fetched at (float64 LE, seconds since
+# the epoch) | one Blosc1 frame of the C-order bytes. The header makes an entry self-describing,
+# so a value can be checked against the shape and dtype the planner expects before a single
+# voxel is trusted, and its age is known without a second lookup (freshness, stale-if-error).
+_HEADER = struct.Struct("<4sBxxxIIId")
+_MAGIC = b"RLC2"
 _DTYPE_CODES: dict[np.dtype[np.generic], int] = {
     np.dtype("<u1"): 1, np.dtype("<u2"): 2, np.dtype("<u8"): 8
 }
 _CODE_DTYPES: dict[int, np.dtype[np.generic]] = {v: k for k, v in _DTYPE_CODES.items()}
 
 
-def pack_cuboid(array: np.ndarray) -> bytes:
+def pack_cuboid(array: np.ndarray, fetched_at: float = 0.0) -> bytes:
     z, y, x = array.shape
-    header = _HEADER.pack(_MAGIC, _DTYPE_CODES[array.dtype], z, y, x)
+    header = _HEADER.pack(_MAGIC, _DTYPE_CODES[array.dtype], z, y, x, fetched_at)
     return header + _blosc(array)
+
+
+def packed_fetched_at(packed: bytes | memoryview) -> float | None:
+    """When the upstream read behind a packed cuboid happened; None if it is not one."""
+    if len(packed) < _HEADER.size:
+        return None
+    magic, _code, _z, _y, _x, fetched_at = _HEADER.unpack_from(packed)
+    return float(fetched_at) if magic == _MAGIC else None
 
 
 def packed_blosc_frame(packed: bytes, shape_zyx: tuple[int, int, int],
@@ -172,7 +182,7 @@ def packed_blosc_frame(packed: bytes, shape_zyx: tuple[int, int, int],
     warm aligned read is served without decoding or re-encoding. None when anything differs."""
     if len(packed) < _HEADER.size + 16:
         return None
-    magic, code, z, y, x = _HEADER.unpack_from(packed)
+    magic, code, z, y, x, _fetched_at = _HEADER.unpack_from(packed)
     if magic != _MAGIC or _CODE_DTYPES.get(code) != dtype or (z, y, x) != shape_zyx:
         return None
     frame = memoryview(packed)[_HEADER.size :]
@@ -188,7 +198,7 @@ def unpack_cuboid(packed: bytes | memoryview) -> np.ndarray:
     """Inverse of ``pack_cuboid``; raises ValueError on anything malformed."""
     if len(packed) < _HEADER.size:
         raise ValueError("packed cuboid shorter than its header")
-    magic, code, z, y, x = _HEADER.unpack_from(packed)
+    magic, code, z, y, x, _fetched_at = _HEADER.unpack_from(packed)
     if magic != _MAGIC or code not in _CODE_DTYPES:
         raise ValueError("not a packed cuboid")
     dtype = _CODE_DTYPES[code]

@@ -38,6 +38,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "load_settings",
+    "with_server",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -62,6 +63,9 @@ class ServerSettings(_Model):
     max_concurrency: int = Field(256, ge=1)
     #: on SIGTERM, seconds to let requests in progress finish before closing them
     shutdown_timeout: int = Field(30, ge=1)
+    #: worker processes; they share the disk tier (each has its own memory tier, and requests
+    #: for the same cuboid coalesce within a process, not across processes)
+    workers: int = Field(1, ge=1, le=64)
     #: PEM certificate and key: serve HTTPS (neuroglancer's boss:// source refuses http hosts)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -109,11 +113,18 @@ class SourceSettings(_Model):
     #: chunks); false makes it an error, so a misconfigured URL cannot pass for black voxels
     fill_missing: bool = True
     description: str = ""
+    #: true: ``relay serve`` refuses to start (one line, exit 1) when this source does not
+    #: answer at startup; false (the default): it starts anyway and reports errors per request
+    required: bool = False
     #: false: every read goes upstream (nothing from this source is cached)
     cache: bool = True
     #: cached cuboids of this source are reused for at most this long (null: the data never
     #: changes, e.g. a BossDB channel or a locked DVID node)
     ttl_seconds: float | None = Field(None, gt=0)
+    #: when an upstream read fails (5xx, timeout, unreachable), serve a cached cuboid that has
+    #: expired (or is being refreshed) up to this many seconds ago, marked with a ``Warning:
+    #: 110`` header; null (the default): such a failure is an error
+    stale_if_error_seconds: float | None = Field(None, gt=0)
     #: remote sources: the credential sent upstream (BossDB: ``Authorization: Token …``)
     token: str | None = None
     #: boss sources: send each caller's own Authorization upstream instead of ``token``; cached
@@ -208,6 +219,16 @@ def _first_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{key}: {message}"
+
+
+def with_server(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with some ``server`` keys replaced (CLI flags), validated like the file's
+    values: ``model_copy`` alone would not check them."""
+    try:
+        server = ServerSettings.model_validate({**settings.server.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigFileError(f"command line: {_first_error(exc)}") from exc
+    return settings.model_copy(update={"server": server})
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:

@@ -5,6 +5,13 @@ when it is there and whole (its packed header must match the shape and dtype the
 and otherwise from exactly one upstream read shared by everyone who wants it meanwhile. An
 upstream answer of the wrong shape or dtype is an error, never cached and never padded: the
 relay would rather fail a request than serve a wrong voxel.
+
+Each packed cuboid records when it was fetched. A source with ``ttl_seconds`` reuses a cuboid
+for that long; after that it is read again. With ``stale_if_error_seconds`` a cuboid that has
+expired (or is being refreshed) may still be served for that much longer when the upstream
+read fails with a 5xx or a timeout; the response then says so (``Warning: 110``). It is off by
+default, it never applies to an upstream's 4xx (a revoked credential stays revoked), and it
+never means zeros.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 
 from .cache.tiered import TieredCache
 from .catalog import Catalog, Channel
-from .codecs import pack_cuboid, packed_blosc_frame, unpack_cuboid
+from .codecs import pack_cuboid, packed_blosc_frame, packed_fetched_at, unpack_cuboid
 from .errors import UpstreamError
 from .geometry import Box
 from .metrics import Metrics
@@ -26,7 +33,7 @@ from .planner import CuboidPlan, plan
 from .singleflight import SingleFlight
 from .upstreams.base import token_digest
 
-__all__ = ["CutoutRequest", "CutoutService", "cache_key"]
+__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key"]
 
 #: Arrays above this many bytes are (de)compressed in a worker thread (blosc drops the GIL);
 #: below it the thread hop costs more than the work.
@@ -36,7 +43,7 @@ _THREAD_BYTES = 256 * 1024
 wall_clock = time.time
 
 #: Version of the key layout and of the packed value format; bump to orphan old entries.
-KEY_VERSION = "v1"
+KEY_VERSION = "v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,18 @@ class CutoutRequest:
     token: str | None = None    # the caller's Authorization, for sources that forward it
 
 
+@dataclass(frozen=True, slots=True)
+class Cutout:
+    data: np.ndarray
+    #: None when every cuboid was fresh; else the age in seconds of the oldest stale cuboid
+    #: served in place of an upstream read that failed (stale-if-error)
+    stale_age: float | None = None
+
+
+#: What one cuboid's flight yields: its voxels, and their age if they are stale.
+_Loaded = tuple[np.ndarray, float | None]
+
+
 def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
               token: str | None = None) -> str:
     """A readable, versioned key. The upstream identity is hashed: it may hold a URL with
@@ -59,16 +78,16 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
     partition = f"p-{token_digest(token)}/" if channel.source.forward_client_token else ""
-    ttl = channel.source.ttl_seconds
-    # A source whose data may change keys its entries by a wall-clock epoch of ttl seconds:
-    # once the epoch turns, old entries are never looked up again (LRU ages them out), so none
-    # is reused for longer than ttl.
-    epoch = f"/e{int(wall_clock() // ttl)}" if ttl else ""
     return (
         f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
         f"{ref.collection}/{ref.experiment}/"
-        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}{epoch}"
+        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
     )
+
+
+def _age(packed: bytes) -> float:
+    fetched_at = packed_fetched_at(packed)
+    return float("inf") if fetched_at is None else max(0.0, wall_clock() - fetched_at)
 
 
 class CutoutService:
@@ -82,7 +101,7 @@ class CutoutService:
         self.catalog = catalog
         self.cache = cache
         self.metrics = metrics
-        self.flights: SingleFlight[str, np.ndarray] = SingleFlight()
+        self.flights: SingleFlight[str, _Loaded] = SingleFlight()
         # Bounds the cuboid reads one request keeps in flight at once.
         self._max_parallel = max_parallel
 
@@ -104,7 +123,8 @@ class CutoutService:
             return None
         key = cache_key(channel, request.resolution, 0, cuboids[0], request.token)
         packed = await self.cache.get(key)
-        if packed is None:
+        ttl = channel.source.ttl_seconds
+        if packed is None or (ttl is not None and _age(packed) >= ttl):
             return None
         frame = packed_blosc_frame(packed, request.box.shape_zyx, channel.info.dtype)
         if frame is not None:
@@ -112,6 +132,9 @@ class CutoutService:
         return frame
 
     async def read(self, request: CutoutRequest) -> np.ndarray:
+        return (await self.read_cutout(request)).data
+
+    async def read_cutout(self, request: CutoutRequest) -> Cutout:
         info = request.channel.info
         level = info.levels[request.resolution]
         times = request.times if request.times is not None else range(1)
@@ -122,11 +145,14 @@ class CutoutService:
             for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)
         ]
         limit = asyncio.Semaphore(self._max_parallel)
+        stale_ages: list[float] = []
 
         async def fill(ti: int, t: int, cuboid: CuboidPlan) -> None:
             async with limit:
-                data = await self.cuboid(request, t, cuboid)
+                data, stale_age = await self.cuboid(request, t, cuboid)
             out[ti][cuboid.dst] = data[cuboid.src]
+            if stale_age is not None:
+                stale_ages.append(stale_age)
 
         # Not a TaskGroup: it would wrap a RelayError in an ExceptionGroup and lose its status.
         tasks = [asyncio.ensure_future(fill(*job)) for job in jobs]
@@ -137,9 +163,10 @@ class CutoutService:
                 task.cancel()  # only the waits; shared upstream fetches are shielded
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return out if request.times is not None else out[0]
+        return Cutout(out if request.times is not None else out[0],
+                      max(stale_ages) if stale_ages else None)
 
-    async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> np.ndarray:
+    async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> _Loaded:
         key = cache_key(request.channel, request.resolution, t, cuboid, request.token)
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
@@ -147,18 +174,39 @@ class CutoutService:
         flight = key + "#refresh" if request.refresh else key
         return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
 
-    async def _load(self, key: str, request: CutoutRequest, t: int, box: Box) -> np.ndarray:
+    async def _load(self, key: str, request: CutoutRequest, t: int, box: Box) -> _Loaded:
         channel = request.channel
-        use_cache = self.cache is not None and channel.source.cache
-        if use_cache and not request.refresh:
+        source = channel.source
+        use_cache = self.cache is not None and source.cache
+        stale_window = source.stale_if_error_seconds
+        packed: bytes | None = None
+        # a refresh looks only when a stale copy could stand in for a failed read
+        if use_cache and (not request.refresh or stale_window is not None):
             assert self.cache is not None
             packed = await self.cache.get(key)
-            if packed is not None:
-                data = await self._unpack(packed, channel, box)
-                if data is not None:
-                    return data
-                await self.cache.delete(key)
-        return await self._fetch(key, request, t, box, use_cache)
+        if (packed is not None and not request.refresh
+                and (source.ttl_seconds is None or _age(packed) < source.ttl_seconds)):
+            data = await self._unpack(packed, channel, box)
+            if data is not None:
+                return data, None
+            assert self.cache is not None
+            await self.cache.delete(key)
+            packed = None
+        try:
+            return await self._fetch(key, request, t, box, use_cache), None
+        except UpstreamError:
+            if packed is None or stale_window is None:
+                raise
+            age = _age(packed)
+            # an immutable source's copy is never wrong, only unrefreshed
+            expired_for = age - source.ttl_seconds if source.ttl_seconds else 0.0
+            if expired_for > stale_window:
+                raise
+            data = await self._unpack(packed, channel, box)
+            if data is None:
+                raise
+            self.metrics.inc("stale_served_total")
+            return data, age
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
@@ -184,10 +232,11 @@ class CutoutService:
         data.flags.writeable = False
         if use_cache:
             assert self.cache is not None
+            fetched_at = wall_clock()
             if data.nbytes >= _THREAD_BYTES:
-                packed = await asyncio.to_thread(pack_cuboid, data)
+                packed = await asyncio.to_thread(pack_cuboid, data, fetched_at)
             else:
-                packed = pack_cuboid(data)
+                packed = pack_cuboid(data, fetched_at)
             await self.cache.put(key, packed)
         return data
 

@@ -166,7 +166,7 @@ async def test_a_corrupt_cache_entry_is_refetched() -> None:
     box = Box.of((0, 0, 0), (16, 16, 8))
     await service.read(_request(channel, box))
     (key,) = list(memory._entries)
-    await memory.put(key, b"RLC1garbage")
+    await memory.put(key, b"RLC2garbage")
     np.testing.assert_array_equal(await service.read(_request(channel, box)),
                                   VOLUME[box.zyx_slices()])
     assert upstream.reads == 2

@@ -32,7 +32,7 @@ from ..errors import (
     TypeError_,
 )
 from ..geometry import Box, Vec3
-from .common import caller_token, catalog_of, channel_for, check_names, show
+from .common import caller_token, catalog_of, channel_for, check_names, show, stale_headers
 from .routing import add_route
 
 __all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
@@ -273,10 +273,11 @@ async def cutout(
     plain_blosc = media is MediaType.BLOSC and ids is None
     if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
         return StoredFrameResponse(stored, media.value)
-    data = await service.read(cutout)
+    result = await service.read_cutout(cutout)
+    data, headers = result.data, stale_headers(result)
     # a cold read of exactly one cuboid has just packed it: send that frame rather than
     # compressing the same voxels a second time
-    if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
+    if plain_blosc and not headers and (stored := await service.cached_blosc(cutout)) is not None:
         return StoredFrameResponse(stored, media.value)
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
@@ -284,7 +285,7 @@ async def cutout(
         body = await asyncio.to_thread(encode, data, media)
     else:
         body = encode(data, media)
-    return Response(content=body, media_type=media.value)
+    return Response(content=body, media_type=media.value, headers=headers)
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"

@@ -8,10 +8,11 @@ from fastapi import Request
 
 from ..catalog import Catalog, Channel
 from ..config import NAME_PATTERN
+from ..cutout import Cutout
 from ..errors import ResourceNotFound
 from ..upstreams.base import ChannelRef
 
-__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show"]
+__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show", "stale_headers"]
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -24,6 +25,13 @@ def catalog_of(request: Request) -> Catalog:
 def caller_token(request: Request) -> str | None:
     """The caller's Authorization header value, as a forwarding source sends it upstream."""
     return request.headers.get("authorization")
+
+
+def stale_headers(cutout: Cutout) -> dict[str, str]:
+    """RFC 9111 marks for a response built partly from cuboids served stale-if-error."""
+    if cutout.stale_age is None:
+        return {}
+    return {"Warning": '110 relay "Response is Stale"', "Age": str(int(cutout.stale_age))}
 
 
 def show(name: str) -> str:

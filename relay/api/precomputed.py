@@ -24,7 +24,7 @@ from ..catalog import Channel
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
-from .common import caller_token, channel_for
+from .common import caller_token, channel_for, stale_headers
 from .routing import add_route
 
 __all__ = ["info_json", "router"]
@@ -80,8 +80,10 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         headers["Content-Length"] = str(box.voxels * chan.info.dtype.itemsize)
         return Response(headers=headers)
     service: CutoutService = request.app.state.cutouts
-    data = await service.read(CutoutRequest(chan, level, box, token=caller_token(request)))
-    body = data.tobytes()  # C-order (z, y, x) bytes are precomputed's x-fastest raw layout
+    result = await service.read_cutout(CutoutRequest(chan, level, box,
+                                                     token=caller_token(request)))
+    headers.update(stale_headers(result))
+    body = result.data.tobytes()  # C-order (z, y, x) bytes are precomputed's x-fastest raw layout
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         if len(body) >= _GZIP_IN_THREAD_BYTES:
             body = await asyncio.to_thread(gzip.compress, body, 1)

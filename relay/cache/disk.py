@@ -8,16 +8,24 @@ This module is the only user of ``diskcache``. What it relies on (diskcache 5.6,
   ``eviction_policy="least-recently-used"``; the default evicts least-recently-*stored*);
 - its API is synchronous, so every call runs in a worker thread.
 What it does not do is notice a damaged file: each value therefore carries a CRC-32 and its
-length, checked on every read; a damaged entry is deleted and reported as a miss.
+length, checked on every read; a damaged entry is deleted and reported as a miss. Nor does it
+remove the half-written file a failed write (ENOSPC, EIO) leaves behind, which on a full disk
+would keep the disk full: ``_Disk`` does.
+
+Several processes (``--workers``) may share one directory: diskcache keeps its index in SQLite
+and names every value file at random, so they never write the same file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import diskcache
 
@@ -31,6 +39,21 @@ _FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
 _MAGIC = b"RLD1"
 
 
+class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
+    """diskcache's value-file writer (``Disk._write``, stable since diskcache 4), minus the
+    partial file it leaves when a write fails: the file is removed before the error goes on."""
+
+    def _write(self, full_path: str, iterator: Any, mode: str,
+               encoding: str | None = None) -> int | None:
+        try:
+            written: int | None = super()._write(full_path, iterator, mode, encoding)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(full_path)
+            raise
+        return written
+
+
 class DiskTier(CacheTier):
     name = "disk"
 
@@ -41,6 +64,7 @@ class DiskTier(CacheTier):
             str(directory),
             size_limit=size_limit,
             eviction_policy="least-recently-used",
+            disk=_Disk,
             # Once over the limit, each set evicts this many least-recently-used rows: two per
             # insert keeps the tier within its limit plus about one entry without the
             # over-eviction of diskcache's batch cull().
