@@ -12,8 +12,6 @@ import httpx
 import numpy as np
 import zarr
 
-from relay.cache import DiskTier
-
 from .servers import RelayProcess, write_config
 from .volumes import truth
 
@@ -54,35 +52,6 @@ def test_restart_on_the_same_disk_reads_nothing_upstream(
         assert relay.upstream_reads() == 0
         assert relay.metrics()["relay_cache_disk_hits_total"] > 0
     assert [blosc.decompress(b) for b in first] == [blosc.decompress(b) for b in second]
-
-
-def test_tiers_stay_within_their_budgets(tmp_path: Path) -> None:
-    # incompressible voxels, so packed cuboids are as big as raw ones: 32 cuboids, 128 MiB
-    data = np.random.default_rng(3).integers(0, 256, (64, 1024, 2048), dtype=np.uint8)
-    store = zarr.create_array(str(tmp_path / "noise.zarr"), shape=data.shape,
-                              chunks=(16, 512, 512), dtype="uint8", zarr_format=3)
-    store[...] = data
-    sources = [{"collection": "c", "experiment": "e", "channel": "noise", "kind": "zarr",
-                "url": str(tmp_path / "noise.zarr")}]
-    memory_budget, disk_budget = 6 * CUBOID_BYTES, 10 * CUBOID_BYTES
-    config = write_config(tmp_path / "relay.yaml", sources, tmp_path / "cache",
-                          memory_bytes=memory_budget, disk_bytes=disk_budget)
-    with RelayProcess(["--config", str(config)]) as relay:
-        for z0 in range(0, 64, 16):
-            response = httpx.get(
-                relay.url + f"/v1/cutout/c/e/noise/0/0:2048/0:1024/{z0}:{z0 + 16}/", timeout=60
-            )
-            assert response.status_code == 200
-            np.testing.assert_array_equal(decode(response.content, (16, 1024, 2048)),
-                                          data[z0:z0 + 16])
-            metrics = relay.metrics()
-            assert 0 < metrics["relay_cache_memory_bytes"] <= memory_budget
-            assert metrics["relay_cache_disk_bytes"] <= disk_budget + CUBOID_BYTES + 2**16
-        relay.stop()  # graceful: write-behind drains
-    disk = DiskTier(tmp_path / "cache", disk_budget)
-    size = disk.stats()["bytes"]
-    asyncio.run(disk.aclose())
-    assert disk_budget // 2 < size <= disk_budget + CUBOID_BYTES + 2**16
 
 
 def test_a_source_pointed_at_another_store_never_serves_the_old_bytes(tmp_path: Path) -> None:

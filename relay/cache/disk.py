@@ -4,8 +4,13 @@ This module is the only user of ``diskcache``. What it relies on (diskcache 5.6,
 - values of 32 KiB and more (every cuboid) are written to their own file first, and the SQLite
   row naming the file is committed after, so a crash mid-write leaves at most an orphan file,
   never a row that points at half a value: publishing is atomic;
-- ``size_limit`` is enforced on every ``set`` by culling the least-recently-used rows (we pass
-  ``eviction_policy="least-recently-used"``; the default evicts least-recently-*stored*);
+- it can order rows least-recently-*used* first (we pass ``eviction_policy=
+  "least-recently-used"``; the default is least-recently-*stored*). Its own culling is off
+  (``cull_limit=0``): inside ``set`` it would delete a fixed number of rows after the insert,
+  the new row among them when the tier holds only a few large entries (a tier of two cuboids
+  was left empty after every other write), and its ``cull()`` deletes ten at a time. ``_put``
+  instead removes the least-recently-used rows one at a time until the volume fits again,
+  never the last row standing: the tier stays within its limit plus one entry;
 - its API is synchronous, so every call runs in a worker thread.
 What it does not do is notice a damaged file: each value therefore carries a CRC-32 and its
 length, checked on every read; a damaged entry is deleted and reported as a miss. Nor does it
@@ -23,6 +28,7 @@ import contextlib
 import logging
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -65,10 +71,7 @@ class DiskTier(CacheTier):
             size_limit=size_limit,
             eviction_policy="least-recently-used",
             disk=_Disk,
-            # Once over the limit, each set evicts this many least-recently-used rows: two per
-            # insert keeps the tier within its limit plus about one entry without the
-            # over-eviction of diskcache's batch cull().
-            cull_limit=2,
+            cull_limit=0,  # see the module docstring: _put evicts
             statistics=False,
         )
         self.size_limit = size_limit
@@ -96,6 +99,15 @@ class DiskTier(CacheTier):
         # every other request for a few milliseconds per cuboid
         framed = _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
         self._cache.set(key, framed, retry=True)
+        self._evict()
+
+    def _evict(self) -> None:
+        cache = self._cache
+        while cache.volume() > self.size_limit and len(cache) > 1:
+            # diskcache's own one-step cull (private, stable since 4.0): deletes the
+            # least-recently-used row and its file in one transaction
+            with cache._transact(retry=True) as (sql, cleanup):
+                cache._cull(time.time(), sql, cleanup, limit=1)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._cache.delete, key, retry=True)

@@ -1,0 +1,69 @@
+"""Shared parts of the reliability suite: an incompressible store (so every cached cuboid is a
+file of its own in the disk tier, like real EM data), and a relay started through the fault
+hook."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blosc
+import numpy as np
+import pytest
+import zarr
+
+from ..servers import RelayProcess, free_port
+
+#: 256 × 256 × 64 voxels, served as 128 × 128 × 16 cuboids (256 KiB each): 16 cuboids.
+SHAPE_ZYX = (64, 256, 256)
+CUBOID_XYZ = (128, 128, 16)
+
+
+@dataclass(frozen=True)
+class NoiseStore:
+    data: np.ndarray  # the ground truth, z, y, x
+    source: dict[str, Any]
+
+    def cuboid_boxes(self) -> list[tuple[int, int, int]]:
+        """The (x0, y0, z0) corner of every cuboid of the volume."""
+        cx, cy, cz = CUBOID_XYZ
+        z, y, x = self.data.shape
+        return [(x0, y0, z0) for z0 in range(0, z, cz) for y0 in range(0, y, cy)
+                for x0 in range(0, x, cx)]
+
+    def url(self, corner: tuple[int, int, int], query: str = "") -> str:
+        (x0, y0, z0), (cx, cy, cz) = corner, CUBOID_XYZ
+        return (f"/v1/cutout/rel/noise/img/0/{x0}:{x0 + cx}/{y0}:{y0 + cy}/{z0}:{z0 + cz}/"
+                + (f"?{query}" if query else ""))
+
+    def truth(self, corner: tuple[int, int, int]) -> np.ndarray:
+        (x0, y0, z0), (cx, cy, cz) = corner, CUBOID_XYZ
+        return self.data[z0:z0 + cz, y0:y0 + cy, x0:x0 + cx]
+
+
+def decode(body: bytes, dtype: str = "uint8") -> np.ndarray:
+    cx, cy, cz = CUBOID_XYZ
+    return np.frombuffer(blosc.decompress(body), dtype=dtype).reshape(cz, cy, cx)
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory: pytest.TempPathFactory) -> NoiseStore:
+    path = tmp_path_factory.mktemp("noise") / "img.zarr"
+    data = np.random.default_rng(7).integers(1, 256, SHAPE_ZYX, dtype=np.uint8)  # never 0
+    array = zarr.create_array(str(path), shape=data.shape, chunks=(16, 64, 64), dtype="uint8",
+                              zarr_format=3)
+    array[...] = data
+    source = {"collection": "rel", "experiment": "noise", "channel": "img", "kind": "zarr",
+              "url": str(path), "cuboid": list(CUBOID_XYZ)}
+    return NoiseStore(data, source)
+
+
+def hooked_relay(config: Path, env: dict[str, str], log: Path | None = None) -> RelayProcess:
+    """The relay program with ``tests.reliability.hooked_relay``'s disk-write hook."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.reliability.hooked_relay", "serve", "--port",
+               str(port)]
+    return RelayProcess(["--config", str(config)], env=env, port=port, log=log,
+                        command=command)

@@ -1,0 +1,99 @@
+"""``python -m tests.reliability.hooked_relay serve …``: the relay, with a fault hook in the disk
+tier's value-file writer (diskcache's ``Disk._write``, the one place a cuboid's bytes reach a
+file). The hook is chosen by environment variables, so the relay under test is the real program
+with one seam replaced, and production code carries no test switches.
+
+``RELAY_HOOK_KILL_AT="N:FRACTION:FIFO"``
+    The N-th value-file write of this process writes FRACTION of its bytes (0.0 to 1.0; 1.0 is
+    "the file is whole but its index row is not committed"), flushes them to the OS, writes one
+    line to the FIFO and blocks for good: the test SIGKILLs the process there. A negative
+    FRACTION announces at the start of the N-th write and carries on, so the kill lands at a
+    random later point (mid-file, in SQLite's commit, between writes).
+``RELAY_HOOK_WRITE_ERROR="ENOSPC"`` (or ``EROFS``, ``EIO``)
+    Every value-file write fails with that errno: ENOSPC and EIO after half the bytes are on
+    disk (a disk filling up), EROFS when the file is opened (a file system remounted
+    read-only).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import diskcache
+
+KILL_AT = "RELAY_HOOK_KILL_AT"
+WRITE_ERROR = "RELAY_HOOK_WRITE_ERROR"
+
+_writes = itertools.count(1)
+_lock = threading.Lock()
+
+
+def _chunks(iterator: Iterable[Any]) -> bytes:
+    return b"".join(iterator)
+
+
+def _kill_at(spec: str) -> Any:
+    target_text, fraction_text, fifo = spec.split(":", 2)
+    target, fraction = int(target_text), float(fraction_text)
+
+    def write(self: Any, full_path: str, iterator: Iterable[Any], mode: str,
+              encoding: str | None = None) -> int:
+        with _lock:
+            count = next(_writes)
+        data = _chunks(iterator)
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        with open(full_path, mode) as out:
+            if count == target:
+                if fraction < 0:
+                    _announce(fifo)
+                else:
+                    out.write(data[: int(len(data) * fraction)])
+                    out.flush()
+                    _announce(fifo)
+                    threading.Event().wait()  # until SIGKILL
+            out.write(data)
+        return len(data)
+
+    return write
+
+
+def _write_error(name: str) -> Any:
+    code = getattr(errno, name)
+
+    def write(self: Any, full_path: str, iterator: Iterable[Any], mode: str,
+              encoding: str | None = None) -> int:
+        if code == errno.EROFS:
+            raise OSError(code, os.strerror(code), full_path)
+        data = _chunks(iterator)
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        with open(full_path, mode) as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            raise OSError(code, os.strerror(code), full_path)
+
+    return write
+
+
+def _announce(fifo: str) -> None:
+    with open(fifo, "w") as out:
+        out.write("writing\n")
+
+
+def install() -> None:
+    if spec := os.environ.get(KILL_AT):
+        diskcache.Disk._write = _kill_at(spec)
+    if name := os.environ.get(WRITE_ERROR):
+        diskcache.Disk._write = _write_error(name)
+
+
+if __name__ == "__main__":
+    install()
+    from relay.cli import main
+
+    sys.exit(main())
