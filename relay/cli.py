@@ -120,6 +120,7 @@ def _serve(settings: Settings, log_level: str) -> int:
     import uvicorn
 
     from .app import SETTINGS_ENV, create_app
+    from .protocol import BoundedHttpToolsProtocol
 
     server_settings = settings.server
     log.info(
@@ -137,6 +138,7 @@ def _serve(settings: Settings, log_level: str) -> int:
         ssl_keyfile=str(server_settings.tls_key.expanduser()) if server_settings.tls_key
         else None,
         timeout_graceful_shutdown=server_settings.shutdown_timeout,
+        http=BoundedHttpToolsProtocol,
     )
     where = f"{server_settings.host}:{server_settings.port}"
     if server_settings.workers > 1:

@@ -43,6 +43,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RelayError",
+    "RequestHeadTooLarge",
     "RequestTooLarge",
     "ResourceNotFound",
     "TypeError_",
@@ -135,6 +136,11 @@ class MethodNotAllowed(RelayError):
     status = 405
     code = 1006
     default_message = "Method not allowed: this relay is read-only"
+
+
+class RequestHeadTooLarge(BadRequest):
+    status = 431
+    default_message = "Request line and headers are too large"
 
 
 class NotAcceptable(RelayError):

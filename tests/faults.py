@@ -140,6 +140,9 @@ class FaultServer:
         elif behaviour == "slow":  # answers, after a while
             await self._pause(1.5)
             self._send(writer, 200, "application/blosc", body)
+        elif behaviour == "slow-500":  # fails, after a while (a leader others wait on)
+            await self._pause(1.5)
+            self._send(writer, 500, "text/plain", b"internal error")
         elif behaviour == "trickle":  # slow-loris: a byte every 50 ms, never a read timeout
             self._send(writer, 200, "application/blosc", b"", length=len(body))
             for byte in body:

@@ -149,14 +149,22 @@ class ThreadedServer:
 
 class StaticFileServer:
     """A plain static file server for a directory, on loopback, in a thread: what a bucket
-    behind HTTP looks like to zarr and cloud-volume (GET, 404 for a missing file)."""
+    behind HTTP looks like to zarr and cloud-volume (GET, 404 for a missing file). ``requested``
+    lists every path asked for, so tests can count reads at the store itself."""
 
     def __init__(self, directory: Path) -> None:
         import functools
         import threading
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+        requested: list[str] = []
+        self.requested = requested
+
         class Quiet(SimpleHTTPRequestHandler):
+            def send_head(self) -> Any:
+                requested.append(self.path)  # list.append is atomic under the GIL
+                return super().send_head()
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

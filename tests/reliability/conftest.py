@@ -4,6 +4,7 @@ hook."""
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,15 @@ import numpy as np
 import pytest
 import zarr
 
+from relay.cache import DiskTier
+from relay.codecs import unpack_cuboid
+
 from ..servers import RelayProcess, free_port
 
 #: 256 × 256 × 64 voxels, served as 128 × 128 × 16 cuboids (256 KiB each): 16 cuboids.
 SHAPE_ZYX = (64, 256, 256)
 CUBOID_XYZ = (128, 128, 16)
+_CORNER = re.compile(r"/r0/t0/(\d+)x(\d+)x(\d+)/(\d+)_(\d+)_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,28 @@ def noise(tmp_path_factory: pytest.TempPathFactory) -> NoiseStore:
     source = {"collection": "rel", "experiment": "noise", "channel": "img", "kind": "zarr",
               "url": str(path), "cuboid": list(CUBOID_XYZ)}
     return NoiseStore(data, source)
+
+
+def check_offline(cache_dir: Path, noise: NoiseStore) -> tuple[int, int]:
+    """Every entry left on disk: (entries byte-identical to the store, entries found damaged
+    and removed). A damaged entry that read as valid would fail here."""
+    disk = DiskTier(cache_dir, 2**30)
+    good = 0
+    try:
+        for key in list(disk._cache.iterkeys()):
+            payload = disk._get(key)
+            if payload is None:
+                continue
+            match = _CORNER.search(key)
+            assert match is not None, key
+            size, index = [int(v) for v in match.groups()[:3]], [int(v) for v in match.groups()[3:]]
+            assert tuple(size) == CUBOID_XYZ
+            corner = (index[0] * size[0], index[1] * size[1], index[2] * size[2])
+            np.testing.assert_array_equal(unpack_cuboid(payload), noise.truth(corner))
+            good += 1
+        return good, disk.stats()["corrupt"]
+    finally:
+        disk._cache.close()
 
 
 def hooked_relay(config: Path, env: dict[str, str], log: Path | None = None) -> RelayProcess:

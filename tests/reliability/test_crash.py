@@ -14,22 +14,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import signal
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from relay.cache import DiskTier
-from relay.codecs import unpack_cuboid
-
 from ..servers import RelayProcess, write_config
-from .conftest import CUBOID_XYZ, NoiseStore, decode, hooked_relay
+from .conftest import NoiseStore, check_offline, decode, hooked_relay
 from .hooked_relay import KILL_AT
 
 KILL_POINTS = 24
-_CORNER = re.compile(r"/r0/t0/(\d+)x(\d+)x(\d+)/(\d+)_(\d+)_(\d+)$")
 
 
 async def _read_all(relay: RelayProcess, noise: NoiseStore) -> int:
@@ -47,10 +42,16 @@ async def _read_all(relay: RelayProcess, noise: NoiseStore) -> int:
 async def _refresh_until_killed(relay: RelayProcess, noise: NoiseStore, fifo: Path) -> None:
     """Refresh every cuboid (each one a disk rewrite) until the hook says the chosen write has
     begun, then SIGKILL the relay."""
-    announced = asyncio.get_running_loop().create_future()
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
-    loop.add_reader(fd, lambda: announced.done() or announced.set_result(os.read(fd, 64)))
+    announced: asyncio.Future[bytes] = loop.create_future()
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+    def on_readable() -> None:
+        line = os.read(fd, 64)
+        if line and not announced.done():
+            announced.set_result(line)
+
+    loop.add_reader(fd, on_readable)
     try:
         async with httpx.AsyncClient(base_url=relay.url, timeout=60) as client:
             refreshes = [asyncio.ensure_future(client.get(noise.url(c, "access-mode=raw")))
@@ -63,28 +64,6 @@ async def _refresh_until_killed(relay: RelayProcess, noise: NoiseStore, fifo: Pa
     finally:
         loop.remove_reader(fd)
         os.close(fd)
-
-
-def _check_offline(cache_dir: Path, noise: NoiseStore) -> tuple[int, int]:
-    """Every entry left on disk: (entries byte-identical to the store, entries found damaged
-    and removed). A damaged entry that read as valid would fail here."""
-    disk = DiskTier(cache_dir, 2**30)
-    good = 0
-    try:
-        for key in list(disk._cache.iterkeys()):
-            payload = disk._get(key)
-            if payload is None:
-                continue
-            match = _CORNER.search(key)
-            assert match is not None, key
-            size, index = [int(v) for v in match.groups()[:3]], [int(v) for v in match.groups()[3:]]
-            assert tuple(size) == CUBOID_XYZ
-            corner = (index[0] * size[0], index[1] * size[1], index[2] * size[2])
-            np.testing.assert_array_equal(unpack_cuboid(payload), noise.truth(corner))
-            good += 1
-        return good, disk.stats()["corrupt"]
-    finally:
-        disk._cache.close()
 
 
 async def test_kill_9_mid_write_never_serves_a_wrong_byte(noise: NoiseStore,
@@ -120,7 +99,7 @@ async def test_kill_9_mid_write_never_serves_a_wrong_byte(noise: NoiseStore,
     with RelayProcess(["--config", str(config)]) as relay:
         wrong += await _read_all(relay, noise)
         corrupt_served_as_miss += int(relay.metrics()["relay_cache_disk_corrupt"])
-    good, removed = _check_offline(cache_dir, noise)
+    good, removed = check_offline(cache_dir, noise)
     print(f"kill points {len(points)}: {points}; wrong voxels served {wrong}; damaged entries "
           f"dropped on read {corrupt_served_as_miss}; entries left: {good} good, {removed} "
           "damaged (removed)")

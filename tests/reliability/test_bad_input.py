@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from .servers import RelayProcess, write_config
+from ..servers import RelayProcess, write_config
 
 NASTY_NAMES = ["..", ".", "%2e%2e", "%2E%2E%2F", "a/b", "\x00", "a\x00b", "x" * 10_000, "ü",
                " ", "%00", "col1 ", "*", "-", "col1;drop", "${HOME}", "\\..\\", "", "con"]

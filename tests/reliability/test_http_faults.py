@@ -23,7 +23,7 @@ from relay.metrics import Metrics
 from relay.upstreams._http import HttpPool
 from relay.upstreams.base import ChannelRef, UpstreamContext, registry
 
-from .faults import SHAPE_XYZ, FaultServer, voxels_for
+from ..faults import SHAPE_XYZ, FaultServer, voxels_for
 
 REF = ChannelRef("c", "e", "ch")
 BOX = Box.of((0, 0, 0), SHAPE_XYZ)
@@ -202,7 +202,7 @@ async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
     import asyncio
     import signal
 
-    from .servers import RelayProcess, write_config
+    from ..servers import RelayProcess, write_config
 
     config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
                                                       "url": server.url, "token": SECRET}],

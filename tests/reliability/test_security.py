@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.config import Settings
 
-from .faults import FaultServer
-from .servers import ThreadedServer
+from ..faults import FaultServer
+from ..servers import ThreadedServer
 
 
 @pytest.fixture
