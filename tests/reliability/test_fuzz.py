@@ -13,8 +13,8 @@ import httpx
 import psutil
 import pytest
 import schemathesis
-from schemathesis.core.result import Ok
 from hypothesis import HealthCheck, given, settings
+from schemathesis.core.result import Ok
 from starlette.testclient import TestClient
 
 from relay.app import create_app
