@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import zarr
 
-from .servers import RelayProcess, write_config
-from .volumes import truth
+from ..servers import RelayProcess, write_config
+from ..volumes import truth
 
 CUBOID_BYTES = 512 * 512 * 16  # uint8
 
@@ -59,7 +59,7 @@ def test_a_source_pointed_at_another_store_never_serves_the_old_bytes(tmp_path: 
 
     from relay.app import create_app
 
-    from .conftest import make_settings
+    from ..conftest import make_settings
 
     url = "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"
     for seed in (1, 2):
