@@ -9,12 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import blosc
 import httpx
 import numpy as np
 import pytest
 
-from relay.cache import MemoryTier, TieredCache
+from relay.cache import DiskTier, MemoryTier, TieredCache
 from relay.catalog import Catalog
+from relay.codecs import unpack_cuboid
 from relay.config import SourceSettings
 from relay.cutout import CutoutRequest, CutoutService
 from relay.errors import RelayError
@@ -218,10 +220,58 @@ async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
         relay.process.send_signal(signal.SIGTERM)
         response = await pending
     assert response.status_code == 200
-    got = np.frombuffer(__import__("blosc").decompress(response.content), np.uint8)
+    got = np.frombuffer(blosc.decompress(response.content), np.uint8)
     np.testing.assert_array_equal(got.reshape(8, 64, 64), EXPECTED)
     # uvicorn re-raises the signal once it has shut down: "terminated by SIGTERM", on time
     assert await asyncio.to_thread(relay.process.wait, 30) in (0, -signal.SIGTERM)
+    # the cuboid's write-behind landed before exit, whole
+    disk = DiskTier(tmp_path / "cache", 2**30)
+    try:
+        keys = list(disk._cache.iterkeys())
+        assert len(keys) == 1
+        payload = await disk.get(keys[0])
+        assert payload is not None
+        np.testing.assert_array_equal(unpack_cuboid(payload), EXPECTED)
+    finally:
+        await disk.aclose()
+
+
+async def test_sigterm_gives_up_on_a_stuck_request_after_the_shutdown_timeout(
+        server: FaultServer, tmp_path: Any) -> None:
+    """A request whose upstream never answers does not hold the relay past
+    ``server.shutdown_timeout``; it ends without an answer and leaves nothing in the cache."""
+    import asyncio
+    import signal
+
+    from ..servers import RelayProcess, write_config
+
+    config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
+                                                      "url": server.url, "token": SECRET,
+                                                      "read_timeout": 60}],
+                          tmp_path / "cache")
+    relay = RelayProcess(["--config", str(config)], env={"RELAY_SERVER__SHUTDOWN_TIMEOUT": "1"})
+    await asyncio.to_thread(relay.start)
+    server.script.append("stall")
+    async with httpx.AsyncClient(timeout=30) as client:
+        pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
+        while server.cutouts == 0:  # the relay's upstream read has begun
+            await asyncio.sleep(0.01)
+        assert relay.process is not None
+        started = time.monotonic()
+        relay.process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(relay.process.wait, 30)
+        elapsed = time.monotonic() - started
+        outcome = await asyncio.gather(pending, return_exceptions=True)
+    assert returncode in (0, -signal.SIGTERM)
+    assert elapsed < 1 + 5  # the timeout, plus start-up of the shutdown itself
+    answer = outcome[0]
+    assert isinstance(answer, httpx.HTTPError) or (
+        isinstance(answer, httpx.Response) and answer.status_code >= 500)
+    disk = DiskTier(tmp_path / "cache", 2**30)
+    try:
+        assert list(disk._cache.iterkeys()) == []
+    finally:
+        await disk.aclose()
 
 
 async def test_a_slow_loris_upstream_is_bounded_by_the_total_timeout(server: FaultServer) -> None:
