@@ -63,6 +63,7 @@ class FaultServer:
         self.targets: list[str] = []  # every request target (path and query) received
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
+        self.cutout_seen = asyncio.Event()  # set when the first cutout request arrives
 
     @property
     def url(self) -> str:
@@ -108,6 +109,7 @@ class FaultServer:
                 {"status": 404, "code": 4000, "message": "Channel not found"}).encode())
             return
         self.cutouts += 1
+        self.cutout_seen.set()
         self.authorizations.append(auth)
         behaviour = self.script.popleft() if self.script else "ok"
         ranges = [tuple(map(int, r.split(":"))) for r in path.split("/")[7:10]]

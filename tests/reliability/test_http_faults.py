@@ -214,8 +214,7 @@ async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
     server.script.append("slow")
     async with httpx.AsyncClient(timeout=30) as client:
         pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
-        while server.cutouts == 0:  # the relay's upstream read has begun
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(server.cutout_seen.wait(), 30)  # the upstream read has begun
         assert relay.process is not None
         relay.process.send_signal(signal.SIGTERM)
         response = await pending
@@ -254,8 +253,7 @@ async def test_sigterm_gives_up_on_a_stuck_request_after_the_shutdown_timeout(
     server.script.append("stall")
     async with httpx.AsyncClient(timeout=30) as client:
         pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
-        while server.cutouts == 0:  # the relay's upstream read has begun
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(server.cutout_seen.wait(), 30)  # the upstream read has begun
         assert relay.process is not None
         started = time.monotonic()
         relay.process.send_signal(signal.SIGTERM)
