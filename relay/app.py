@@ -1,4 +1,9 @@
-"""``create_app(settings)``: routers, the edge middleware, the lifespan, and one error handler."""
+"""``create_app(settings)``: routes, the edge middleware, the lifespan, and the error handlers.
+
+The app that serves is a plain Starlette application over the routes' plain handlers
+(``relay.api.routing``); FastAPI only writes the OpenAPI document (``/openapi.json``, ``/docs``).
+Its router, on every request, cost more than the relay's own work on a metadata request.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,24 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from . import __version__
 from .api import boss, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware
+from .api.routing import served_routes
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
 from .catalog import Catalog
 from .config import Settings
 from .cutout import CutoutService
-from .errors import (
-    BadRequest,
-    MethodNotAllowed,
-    NotFound,
-    RelayError,
-    UnsupportedVersion,
-)
+from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .metrics import Metrics
 from .upstreams._http import HttpPool
 from .upstreams.base import ChannelRef, Registry, UpstreamContext, registry
@@ -71,10 +75,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    return _error(BadRequest("Malformed request"))
-
-
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Never a traceback to the client; the log has it.
     log.exception("unhandled error on %s %s", request.method, request.url.path[:200])
@@ -107,16 +107,35 @@ async def check_required(settings: Settings, upstreams: Registry = registry) -> 
     return problems
 
 
-def from_environment() -> FastAPI:
+def from_environment() -> Starlette:
     """The app of one ``--workers`` process, from the settings its parent validated."""
     return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
-def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
+def _documentation() -> list[BaseRoute]:
+    """``/openapi.json`` and ``/docs``, from a FastAPI app that holds the routers' documented
+    twins and never serves a request itself."""
+    documented = FastAPI(title="relay", version=__version__,
+                         description="A caching relay speaking the BossDB REST dialect.")
+    documented.include_router(boss.router, prefix="/v1", tags=["boss"])
+    documented.include_router(precomputed.router, tags=["precomputed"])
+    documented.include_router(ops.router, tags=["ops"])
+    schema = documented.openapi()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(schema)
+
+    async def docs(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="relay")
+
+    return [Route("/openapi.json", openapi), Route("/docs", docs)]
+
+
+def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         cache = build_cache(settings)
         http = HttpPool()
         catalog = Catalog(settings.sources, upstreams, UpstreamContext(http))
@@ -133,26 +152,25 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> FastAPI:
             await catalog.aclose()
             await http.aclose()
 
-    app = FastAPI(
-        title="relay",
-        version=__version__,
-        description="A caching relay speaking the BossDB REST dialect.",
-        lifespan=lifespan,
-        redirect_slashes=False,
-    )
-    app.include_router(boss.router, prefix="/v1", tags=["boss"])
-    app.include_router(boss.router, prefix="/latest", tags=["boss"], include_in_schema=False)
-    app.include_router(precomputed.router, tags=["precomputed"])
-    app.include_router(ops.router, tags=["ops"])
-    app.add_exception_handler(RelayError, _relay_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
-
-    app.add_middleware(CountingMiddleware, metrics=metrics,
-                       limit=settings.server.max_concurrency)
+    routes = [
+        *served_routes(boss.router, "/v1"),
+        *served_routes(boss.router, "/latest"),
+        *served_routes(precomputed.router),
+        *served_routes(ops.router),
+        *_documentation(),
+    ]
+    # outermost first: the edge's CORS headers reach every response, 401s and 503s included
+    middleware = [Middleware(EdgeMiddleware, cors_origins=settings.server.cors_origins)]
     if settings.server.tokens:
-        app.add_middleware(AuthMiddleware, tokens=settings.server.tokens)
-    # added last, so outermost: its CORS headers reach every response, 401s included
-    app.add_middleware(EdgeMiddleware, cors_origins=settings.server.cors_origins)
+        middleware.append(Middleware(AuthMiddleware, tokens=settings.server.tokens))
+    middleware.append(Middleware(CountingMiddleware, metrics=metrics,
+                                 limit=settings.server.max_concurrency))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={RelayError: _relay_error, StarletteHTTPException: _http_error,
+                            Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False  # BossDB paths end in "/"; no 307 dance
     return app

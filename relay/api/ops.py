@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+
+from .routing import add_route
 
 __all__ = ["router"]
 
@@ -26,17 +29,19 @@ def _gauges(request: Request) -> dict[str, int]:
     return gauges
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz(request: Request) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     text = request.app.state.metrics.render(_gauges(request))
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
-@router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
     return {"counters": dict(request.app.state.metrics.counters), "gauges": _gauges(request)}
+
+
+add_route(router, ["/healthz"], healthz)
+add_route(router, ["/metrics"], metrics)
+add_route(router, ["/stats"], stats)

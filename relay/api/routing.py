@@ -1,10 +1,10 @@
-"""Registering a handler: dispatched by a plain Starlette route, documented by FastAPI.
+"""Registering a handler: served by a plain Starlette route, documented by FastAPI.
 
-FastAPI's per-request machinery (dependency solving, parameter validation, response
-serialisation) cost more than the relay's own work on small requests, and every parameter here
-is a string validated by the handler anyway. So each handler is registered twice on the same
-router: first as a plain Starlette ``Route``, which matches and runs it, then as a FastAPI
-route that only feeds the OpenAPI document (it is never reached: routes match in order).
+FastAPI's per-request machinery (its router's matching, dependency solving, parameter
+validation, response serialisation) cost more than the relay's own work on small requests, and
+every parameter here is a string validated by the handler anyway. So each handler is kept
+twice on its router: as a plain Starlette ``Route``, which ``relay.app`` serves from a plain
+Starlette application, and as a FastAPI route that only feeds the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
-__all__ = ["add_route"]
+__all__ = ["add_route", "served_routes"]
 
 
 def add_route(router: APIRouter, paths: Sequence[str], endpoint: Callable[..., Any],
@@ -33,7 +35,14 @@ def add_route(router: APIRouter, paths: Sequence[str], endpoint: Callable[..., A
         router.routes.append(Route(path, dispatch, methods=list(methods)))
 
     @functools.wraps(endpoint)
-    async def documented(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never routed
+    async def documented(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never served
         return await endpoint(*args, **kwargs)
 
     router.add_api_route(paths[0], documented, methods=list(methods), response_model=None)
+
+
+def served_routes(router: APIRouter, prefix: str = "") -> list[BaseRoute]:
+    """The plain routes of ``router``, under ``prefix``: what the relay actually serves."""
+    return [Route(prefix + route.path, route.endpoint, methods=sorted(route.methods or ()))
+            for route in router.routes
+            if isinstance(route, Route) and not isinstance(route, APIRoute)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import struct
@@ -46,11 +47,15 @@ _MAGIC = b"RLD1"
 
 
 class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
-    """diskcache's value-file writer (``Disk._write``, stable since diskcache 4), minus the
-    partial file it leaves when a write fails: the file is removed before the error goes on."""
+    """diskcache's value-file writer (``Disk._write``, stable since diskcache 4), with two
+    changes: a bytes value is written in one call (diskcache iterates its ``BytesIO`` line by
+    line: some 16,000 writes for a 4 MiB cuboid of noise, a fifth of a cold read's CPU), and a
+    failed write removes its partial file before the error goes on."""
 
     def _write(self, full_path: str, iterator: Any, mode: str,
                encoding: str | None = None) -> int | None:
+        if isinstance(iterator, io.BytesIO):
+            iterator = (iterator.getvalue(),)
         try:
             written: int | None = super()._write(full_path, iterator, mode, encoding)
         except BaseException:
