@@ -224,6 +224,7 @@ def relay_config(path: Path, sources: list[dict[str, Any]], cache: Path, **extra
     path.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1"},
         "cache": {"memory_bytes": extra.pop("memory_bytes", 1024 * MiB),
+                  "decoded_bytes": extra.pop("decoded_bytes", 256 * MiB),
                   "disk_dir": str(cache), "disk_bytes": 8 * 1024 * MiB},
         "sources": sources,
     }))
@@ -405,7 +406,9 @@ def p7(report: Report, root: Path, sources: list[dict[str, Any]]) -> None:
     mode = report.mode
     budget = mode.rss_budget
     with ExitStack() as stack:
-        relay = start_relay(stack, root, "p7", sources, memory_bytes=budget)
+        # the memory budget is split between the tier (packed) and the decoded cuboids
+        relay = start_relay(stack, root, "p7", sources, memory_bytes=budget // 2,
+                            decoded_bytes=budget // 2)
         process = psutil.Process(relay.process.pid if relay.process else 0)
         baseline = process.memory_info().rss
         peak = baseline
@@ -432,7 +435,7 @@ def p7(report: Report, root: Path, sources: list[dict[str, Any]]) -> None:
     growth = peak - baseline
     report.rows.append(Row("P7 peak RSS scanning 10× the memory budget",
                            f"+{growth / MiB:.0f} MiB over start ({peak / MiB:.0f} MiB)",
-                           f"budget {budget / MiB:.0f} MiB + 250 MiB",
+                           f"budget {budget / MiB:.0f} MiB (memory + decoded) + 250 MiB",
                            growth / (budget + 250 * MiB), "≤ 1.0",
                            growth <= budget + 250 * MiB,
                            detail=f"scanned {scanned / MiB:.0f} MiB"))

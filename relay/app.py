@@ -143,7 +143,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.cache = cache
         app.state.catalog = catalog
         app.state.metrics = metrics
-        app.state.cutouts = CutoutService(catalog, cache, metrics)
+        app.state.cutouts = CutoutService(catalog, cache, metrics,
+                                          decoded_bytes=int(settings.cache.decoded_bytes))
         try:
             yield
         finally:

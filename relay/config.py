@@ -82,6 +82,9 @@ class ServerSettings(_Model):
 
 class CacheSettings(_Model):
     memory_bytes: ByteSize = ByteSize(512 * 2**20)
+    #: recently used cuboids kept decoded (raw voxels), so small and unaligned cutouts inside
+    #: them are a slice, not a decompression; on top of memory_bytes; 0 disables
+    decoded_bytes: ByteSize = ByteSize(128 * 2**20)
     disk_dir: Path | None = Field(Path("~/.cache/relay"), validate_default=True)
     disk_bytes: ByteSize = ByteSize(20 * 2**30)
     redis_url: str | None = None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache.lru import SizedLRU
 from .cache.tiered import TieredCache
 from .catalog import Catalog, Channel
 from .codecs import pack_cuboid, packed_blosc_frame, packed_fetched_at, unpack_cuboid
@@ -97,11 +98,17 @@ class CutoutService:
         cache: TieredCache | None,
         metrics: Metrics,
         max_parallel: int = 8,
+        decoded_bytes: int = 0,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
         self.metrics = metrics
         self.flights: SingleFlight[str, _Loaded] = SingleFlight()
+        # Recently used cuboids, decoded, with their fetch time: an unaligned or small cutout
+        # that lands in them costs a slice instead of decompressing whole cuboids (a 64³ read
+        # inside a warm 4 MiB cuboid spent 40 % of its time in blosc.decompress).
+        self.decoded: SizedLRU[tuple[np.ndarray, float]] = SizedLRU(
+            decoded_bytes, lambda entry: entry[0].nbytes)
         # Bounds the cuboid reads one request keeps in flight at once.
         self._max_parallel = max_parallel
 
@@ -171,6 +178,12 @@ class CutoutService:
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
+        source = request.channel.source
+        if not request.refresh and source.cache and (hit := self.decoded.get(key)) is not None:
+            data, fetched_at = hit
+            if source.ttl_seconds is None or wall_clock() - fetched_at < source.ttl_seconds:
+                self.metrics.inc("decoded_hits_total")
+                return data, None
         flight = key + "#refresh" if request.refresh else key
         return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
 
@@ -188,12 +201,13 @@ class CutoutService:
                 and (source.ttl_seconds is None or _age(packed) < source.ttl_seconds)):
             data = await self._unpack(packed, channel, box)
             if data is not None:
+                self.decoded.put(key, (data, packed_fetched_at(packed) or 0.0))
                 return data, None
             assert self.cache is not None
             await self.cache.delete(key)
             packed = None
         try:
-            return await self._fetch(key, request, t, box, use_cache), None
+            data, fetched_at = await self._fetch(key, request, t, box, use_cache)
         except UpstreamError:
             if packed is None or stale_window is None:
                 raise
@@ -207,10 +221,14 @@ class CutoutService:
                 raise
             self.metrics.inc("stale_served_total")
             return data, age
+        if use_cache:
+            self.decoded.put(key, (data, fetched_at))
+        return data, None
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, float]:
+        """The upstream's voxels for ``box``, checked, cached, and when they were read."""
         channel = request.channel
         self.metrics.inc("upstream_reads_total")
         try:
@@ -230,15 +248,15 @@ class CutoutService:
             )
         data = np.ascontiguousarray(data)
         data.flags.writeable = False
+        fetched_at = wall_clock()
         if use_cache:
             assert self.cache is not None
-            fetched_at = wall_clock()
             if data.nbytes >= _THREAD_BYTES:
                 packed = await asyncio.to_thread(pack_cuboid, data, fetched_at)
             else:
                 packed = pack_cuboid(data, fetched_at)
             await self.cache.put(key, packed)
-        return data
+        return data, fetched_at
 
     async def _unpack(self, packed: bytes, channel: Channel, box: Box) -> np.ndarray | None:
         """The cached cuboid, or None when the entry does not hold what the plan expects."""

@@ -79,13 +79,15 @@ class SlowGetTier(MemoryTier):
         await asyncio.Event().wait()
 
 
-async def _service(tiers: list[CacheTier]) -> tuple[CutoutService, FakeUpstream, Any]:
+async def _service(tiers: list[CacheTier], decoded_bytes: int = 0
+                   ) -> tuple[CutoutService, FakeUpstream, Any]:
     registry = Registry()
     registry.register("fake", FakeUpstream)
     source = SourceSettings(collection="c", experiment="e", channel="ch", kind="zarr", url="x")
     source = source.model_copy(update={"kind": "fake"})
     catalog = Catalog([source], registry)
-    service = CutoutService(catalog, TieredCache(tiers) if tiers else None, Metrics())
+    service = CutoutService(catalog, TieredCache(tiers) if tiers else None, Metrics(),
+                            decoded_bytes=decoded_bytes)
     channel = await catalog.channel(REF)
     upstream = channel.upstream
     assert isinstance(upstream, FakeUpstream)
@@ -165,7 +167,7 @@ async def test_a_corrupt_cache_entry_is_refetched() -> None:
     service, upstream, channel = await _service([memory])
     box = Box.of((0, 0, 0), (16, 16, 8))
     await service.read(_request(channel, box))
-    (key,) = list(memory._entries)
+    (key,) = memory.keys()
     await memory.put(key, b"RLC2garbage")
     np.testing.assert_array_equal(await service.read(_request(channel, box)),
                                   VOLUME[box.zyx_slices()])
@@ -217,6 +219,36 @@ async def test_ttl_seconds_bounds_how_long_a_cuboid_is_reused(
     now[0] += 60
     await service.read(_request(channel, box))
     assert upstream.reads == 2  # a minute later: read upstream again
+
+
+async def test_decoded_cuboids_serve_small_reads_fresh_and_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads inside a recently used cuboid are sliced from its decoded copy (no tier lookup, no
+    upstream read), but never past ttl_seconds and never for a refresh; a tier whose entry is
+    replaced underneath is not consulted while the decoded copy is fresh, so it is bounded by
+    the same ttl."""
+    import relay.cutout
+
+    service, upstream, channel = await _service([MemoryTier(2**24)], decoded_bytes=2**20)
+    source = channel.source.model_copy(update={"ttl_seconds": 60.0})
+    channel = type(channel)(channel.ref, source, channel.upstream, channel.info)
+    now = [1_000_000.0]
+    monkeypatch.setattr(relay.cutout, "wall_clock", lambda: now[0])
+    whole, inner = Box.of((0, 0, 0), (32, 16, 8)), Box.of((3, 5, 1), (20, 15, 7))
+    np.testing.assert_array_equal(await service.read(_request(channel, whole)),
+                                  VOLUME[whole.zyx_slices()])
+    cold = upstream.reads  # the two cuboids of the whole box
+    for _ in range(3):
+        np.testing.assert_array_equal(await service.read(_request(channel, inner)),
+                                      VOLUME[inner.zyx_slices()])
+    assert upstream.reads == cold and service.metrics.counters["decoded_hits_total"] >= 3
+    await service.read(_request(channel, inner, refresh=True))
+    assert upstream.reads == 2 * cold  # a refresh reads upstream whatever is decoded
+    now[0] += 61  # expired: the decoded copy is not used, nor the tier's
+    np.testing.assert_array_equal(await service.read(_request(channel, inner)),
+                                  VOLUME[inner.zyx_slices()])
+    assert upstream.reads == 3 * cold
+    assert service.decoded.bytes <= 2**20
 
 
 def test_requests_past_the_concurrency_limit_get_503_json() -> None:

@@ -17,7 +17,10 @@ router = APIRouter()
 
 def _gauges(request: Request) -> dict[str, int]:
     state = request.app.state
-    gauges: dict[str, int] = {"inflight_cuboid_fetches": len(state.cutouts.flights)}
+    cutouts = state.cutouts
+    gauges: dict[str, int] = {"inflight_cuboid_fetches": len(cutouts.flights),
+                              "decoded_bytes": cutouts.decoded.bytes,
+                              "decoded_entries": len(cutouts.decoded)}
     cache = state.cache
     if cache is not None:
         gauges["cache_pending_writes"] = cache.pending_writes

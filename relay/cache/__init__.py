@@ -2,7 +2,8 @@
 
 from .base import CacheTier
 from .disk import DiskTier
+from .lru import SizedLRU
 from .memory import MemoryTier
 from .tiered import TieredCache
 
-__all__ = ["CacheTier", "DiskTier", "MemoryTier", "TieredCache"]
+__all__ = ["CacheTier", "DiskTier", "MemoryTier", "SizedLRU", "TieredCache"]

@@ -1,6 +1,7 @@
 """Streaming more than 10× the budgets through a relay subprocess: the disk tier stays within
-its limit plus one entry, and the process's resident memory within the memory budget plus a
-fixed overhead, checked after every request and after shutdown."""
+its limit plus one entry, and the process's resident memory within the memory budgets (the
+memory tier's and the decoded cuboids') plus a fixed overhead, checked after every request and
+after shutdown."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def test_ten_times_the_budgets_stay_within_bounds(tmp_path: Path) -> None:
     store[...] = data
     sources = [{"collection": "c", "experiment": "e", "channel": "big", "kind": "zarr",
                 "url": str(tmp_path / "big.zarr")}]
-    memory_budget, disk_budget = 2 * CUBOID, 2 * CUBOID  # 8 MiB each; 96 MiB streamed: 12×
+    # 8 MiB each; 96 MiB streamed: 12×
+    memory_budget, decoded_budget, disk_budget = 2 * CUBOID, 2 * CUBOID, 2 * CUBOID
     config = write_config(tmp_path / "relay.yaml", sources, tmp_path / "cache",
-                          memory_bytes=memory_budget, disk_bytes=disk_budget)
+                          memory_bytes=memory_budget, decoded_bytes=decoded_budget,
+                          disk_bytes=disk_budget)
     peak_rss = 0
     with RelayProcess(["--config", str(config)]) as relay:
         assert relay.process is not None
@@ -54,13 +57,15 @@ def test_ten_times_the_budgets_stay_within_bounds(tmp_path: Path) -> None:
                     assert metrics["relay_cache_memory_bytes"] <= memory_budget
                     assert metrics["relay_cache_disk_bytes"] <= disk_budget + CUBOID + 2**16
                     peak_rss = max(peak_rss, process.memory_info().rss)
-                    assert peak_rss <= memory_budget + FIXED_OVERHEAD, peak_rss
+                    assert metrics["relay_decoded_bytes"] <= decoded_budget
+                    assert peak_rss <= memory_budget + decoded_budget + FIXED_OVERHEAD, peak_rss
         assert streamed >= 10 * max(memory_budget, disk_budget)
         relay.stop()  # graceful: write-behind drains
     disk = DiskTier(tmp_path / "cache", disk_budget)
     size = disk.stats()["bytes"]
     asyncio.run(disk.aclose())
     assert disk_budget // 2 < size <= disk_budget + CUBOID + 2**16
-    print(f"peak RSS {peak_rss / 2**20:.0f} MiB for a {memory_budget / 2**20:.0f} MiB "
-          f"memory budget; disk {size / 2**20:.1f} MiB for a {disk_budget / 2**20:.0f} MiB limit")
+    print(f"peak RSS {peak_rss / 2**20:.0f} MiB for {memory_budget / 2**20:.0f} + "
+          f"{decoded_budget / 2**20:.0f} MiB memory budgets; disk {size / 2**20:.1f} MiB for "
+          f"a {disk_budget / 2**20:.0f} MiB limit")
 

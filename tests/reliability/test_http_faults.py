@@ -160,7 +160,7 @@ async def test_forwarded_tokens_partition_the_cache(server: FaultServer) -> None
     np.testing.assert_array_equal(await relay.read(bob), voxels_for(bob))
     assert server.authorizations == [alice, bob]
     np.testing.assert_array_equal(await relay.read(None), voxels_for(None))
-    keys = list(relay.memory._entries)
+    keys = relay.memory.keys()
     assert len(keys) == 3
     assert not any(secret in key for key in keys for secret in ("alice", "bob"))
     await relay.aclose()
