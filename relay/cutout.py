@@ -17,7 +17,6 @@ never means zeros.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from .codecs import pack_cuboid, packed_blosc_frame, packed_fetched_at, unpack_c
 from .errors import UpstreamError
 from .geometry import Box
 from .metrics import Metrics
-from .planner import CuboidPlan, plan
+from .planner import CuboidPlan, exact_cuboid, plan
 from .singleflight import SingleFlight
 from .upstreams.base import token_digest
 
@@ -123,12 +122,10 @@ class CutoutService:
                 or not channel.source.cache):
             return None
         level = channel.info.levels[request.resolution]
-        # at most two plan items: enough to know whether the box is a single cuboid
-        cuboids = list(itertools.islice(plan(request.box, level.cuboid, level.origin,
-                                             level.bounds), 2))
-        if len(cuboids) != 1 or cuboids[0].box != request.box:
+        cuboid = exact_cuboid(request.box, level.cuboid, level.origin, level.bounds)
+        if cuboid is None:
             return None
-        key = cache_key(channel, request.resolution, 0, cuboids[0], request.token)
+        key = cache_key(channel, request.resolution, 0, cuboid, request.token)
         packed = await self.cache.get(key)
         ttl = channel.source.ttl_seconds
         if packed is None or (ttl is not None and _age(packed) >= ttl):

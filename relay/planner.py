@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .geometry import Box, Vec3
 
-__all__ = ["CuboidPlan", "cuboid_box", "plan"]
+__all__ = ["CuboidPlan", "cuboid_box", "exact_cuboid", "plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,23 @@ def _cells(lo: int, hi: int, origin: int, size: int) -> range:
     # floor division for the first cell and ceiling for the last: a partial trailing cuboid is
     # covered (bossphorus-rs used floor for both ends and served zeros there).
     return range((lo - origin) // size, -((origin - hi) // size))
+
+
+def exact_cuboid(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> CuboidPlan | None:
+    """The plan of ``request`` when it is exactly one grid cell (clipped to the bounds), else
+    None: what ``plan`` would yield alone, found without enumerating (the hot path of every
+    aligned read)."""
+    index = []
+    for start, o, size in zip(request.start, origin, cuboid, strict=True):
+        cell, rest = divmod(start - o, size)
+        if rest:
+            return None
+        index.append(cell)
+    cell_box = cuboid_box(Vec3(*index), cuboid, origin, bounds)
+    if cell_box != request:
+        return None
+    whole = request.zyx_slices(request.start)
+    return CuboidPlan(index=Vec3(*index), box=request, src=whole, dst=whole)
 
 
 def plan(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> Iterator[CuboidPlan]:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.geometry import Box, Vec3
-from relay.planner import plan
+from relay.planner import cuboid_box, exact_cuboid, plan
 
 
 @st.composite
@@ -72,3 +72,26 @@ def test_partial_trailing_cuboid_is_kept() -> None:
                       Vec3(0, 0, 0), bounds))
     assert [i.box for i in items] == [Box.of((1536, 512, 96), (2000, 1000, 100))]
     assert items[0].index == Vec3(3, 1, 6)
+
+
+@st.composite
+def cells(draw: st.DrawFn) -> tuple[Box, Vec3, Vec3, Box]:
+    """Scenarios whose request is often exactly one (clipped) grid cell."""
+    request, cuboid, origin, bounds = draw(scenarios())
+    if draw(st.booleans()):
+        index = Vec3(*(draw(st.integers(-2, 6)) for _ in range(3)))
+        cell = cuboid_box(index, cuboid, origin, bounds)
+        if cell is not None:
+            request = cell
+    return request, cuboid, origin, bounds
+
+
+@given(cells())
+def test_exact_cuboid_agrees_with_the_plan(scenario: tuple[Box, Vec3, Vec3, Box]) -> None:
+    request, cuboid, origin, bounds = scenario
+    items = list(plan(request, cuboid, origin, bounds))
+    single = len(items) == 1 and items[0].box == request
+    found = exact_cuboid(request, cuboid, origin, bounds)
+    assert (found is not None) == single
+    if found is not None:
+        assert found == items[0]
