@@ -75,10 +75,10 @@ class Mode:
 
 
 FULL = Mode(False, 5, 5, (64, 2048, 2048), 1024, 8, 24 * MiB,
-            ((64, 64, 64), (128, 128, 64), (256, 256, 64), (512, 512, 16), (512, 512, 64),
-             (1024, 1024, 64), (2048, 2048, 64)),
+            ((64, 64, 64), (128, 128, 64), (256, 256, 64), (512, 512, 64), (1024, 1024, 64),
+             (2048, 2048, 64)),
             (1, 2, 4, 8, 16, 32, 64))
-SMOKE = Mode(True, 1, 1, (32, 1024, 1024), 32, 2, 4 * MiB, ((64, 64, 32), (512, 512, 16)),
+SMOKE = Mode(True, 1, 1, (32, 1024, 1024), 32, 2, 4 * MiB, ((64, 64, 32), (512, 512, 32)),
              (1, 4))
 
 
@@ -376,6 +376,8 @@ def p4(report: Report, relay: RelayProcess, root: Path, data: np.ndarray) -> Non
 def curves(report: Report, relay: RelayProcess) -> None:
     """Warm latency and throughput against cutout size (one client) and client count."""
     mode = report.mode
+    # every box is as deep as four cuboids, so each one is assembled (P1 covers the one-cuboid
+    # case, which is served as stored)
     size = Curve("warm cutout size, one client (uint8, blosc)", "voxels")
     for x, y, z in mode.sizes_xyz:
         url = relay.url + f"/v1/cutout/b/e/u8/0/0:{x}/0:{y}/0:{z}/"
@@ -527,6 +529,9 @@ def plot(curve: Curve, path: Path) -> None:
     key, unit = ("bytes_per_s", "MiB/s") if curve.x_label == "voxels" else ("rps", "req/s")
     scale = MiB if key == "bytes_per_s" else 1
     right.plot(xs, [f[key] / scale for _, _, f in curve.points], "o-")
+    for label, x, figures in curve.points:
+        right.annotate(label, (x, figures[key] / scale), textcoords="offset points",
+                       xytext=(4, 4), fontsize=7)
     right.set(xlabel=curve.x_label, ylabel=unit, xscale="log")
     fig.suptitle(f"relay: {curve.title}")
     fig.tight_layout()
