@@ -20,6 +20,8 @@ import blosc
 import httpx
 import numpy as np
 
+from .serving import wait_ready
+
 __all__ = ["ensure_venv", "serving", "upload"]
 
 VERSION = "0.1.0"
@@ -60,27 +62,11 @@ def serving(python: Path, workdir: Path, port: int, log: Path) -> Iterator[str]:
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url + "/", process)
+        wait_ready(url + "/", process)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bossphorus exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("bossphorus did not come up")
 
 
 def upload(url: str, path: str, data_zyx: np.ndarray, corner_xyz: tuple[int, int, int]) -> None:

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import bossphorus  # noqa: E402
+from bench.serving import wait_ready  # noqa: E402
 from tests.servers import RelayProcess, free_port  # noqa: E402
 
 MiB = 2**20
@@ -161,7 +162,7 @@ def _serving(command: list[str], ready_url: str) -> Iterator[None]:
     """A server subprocess, up (its ``ready_url`` answers 200) for the ``with`` block."""
     process = subprocess.Popen(command)
     try:
-        _wait_ready(ready_url)
+        wait_ready(ready_url, process)
         yield
     finally:
         process.terminate()
@@ -207,18 +208,6 @@ http {{
     with _serving([binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                    "-g", "daemon off; user root;"], f"http://127.0.0.1:{port}/blob"):
         yield f"http://127.0.0.1:{port}"
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def relay_config(path: Path, sources: list[dict[str, Any]], cache: Path, **extra: Any) -> Path:
