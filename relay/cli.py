@@ -140,22 +140,18 @@ def _serve(settings: Settings, log_level: str) -> int:
         timeout_graceful_shutdown=server_settings.shutdown_timeout,
         http=BoundedHttpToolsProtocol,
     )
-    where = f"{server_settings.host}:{server_settings.port}"
-    if server_settings.workers > 1:
-        # Worker processes import the app by name; they get the settings validated here,
-        # not a second reading of the file and environment.
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        try:
+    try:
+        if server_settings.workers > 1:
+            # Worker processes import the app by name; they get the settings validated here,
+            # not a second reading of the file and environment.
+            os.environ[SETTINGS_ENV] = settings.model_dump_json()
             uvicorn.run("relay.app:from_environment", factory=True,
                         workers=server_settings.workers, **options)
-        except OSError as exc:
-            print(f"relay: cannot serve on {where}: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-    try:
+            return 0
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
         server.run()
     except OSError as exc:  # e.g. the port is taken
-        print(f"relay: cannot serve on {where}: {exc}", file=sys.stderr)
+        print(f"relay: cannot serve on {server_settings.host}:{server_settings.port}: {exc}",
+              file=sys.stderr)
         return 1
     return 0 if server.started else 1

@@ -26,6 +26,7 @@ from .cache.lru import SizedLRU
 from .cache.tiered import TieredCache
 from .catalog import Catalog, Channel
 from .codecs import pack_cuboid, packed_blosc_frame, packed_fetched_at, unpack_cuboid
+from .config import SourceSettings
 from .errors import UpstreamError
 from .geometry import Box
 from .metrics import Metrics
@@ -90,6 +91,12 @@ def _age(packed: bytes) -> float:
     return float("inf") if fetched_at is None else max(0.0, wall_clock() - fetched_at)
 
 
+def _fresh(source: SourceSettings, fetched_at: float | None) -> bool:
+    """May a cuboid of ``source`` read upstream at ``fetched_at`` still be reused?"""
+    ttl = source.ttl_seconds
+    return ttl is None or (fetched_at is not None and wall_clock() - fetched_at < ttl)
+
+
 class CutoutService:
     def __init__(
         self,
@@ -127,8 +134,7 @@ class CutoutService:
             return None
         key = cache_key(channel, request.resolution, 0, cuboid, request.token)
         packed = await self.cache.get(key)
-        ttl = channel.source.ttl_seconds
-        if packed is None or (ttl is not None and _age(packed) >= ttl):
+        if packed is None or not _fresh(channel.source, packed_fetched_at(packed)):
             return None
         frame = packed_blosc_frame(packed, request.box.shape_zyx, channel.info.dtype)
         if frame is not None:
@@ -172,15 +178,16 @@ class CutoutService:
 
     async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> _Loaded:
         key = cache_key(request.channel, request.resolution, t, cuboid, request.token)
+        source = request.channel.source
+        # the decoded copy is looked up without awaiting, so before the flight is safe
+        if not request.refresh and source.cache and (hit := self.decoded.get(key)) is not None:
+            data, fetched_at = hit
+            if _fresh(source, fetched_at):
+                self.metrics.inc("decoded_hits_total")
+                return data, None
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
-        source = request.channel.source
-        if not request.refresh and source.cache and (hit := self.decoded.get(key)) is not None:
-            data, fetched_at = hit
-            if source.ttl_seconds is None or wall_clock() - fetched_at < source.ttl_seconds:
-                self.metrics.inc("decoded_hits_total")
-                return data, None
         flight = key + "#refresh" if request.refresh else key
         return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
 
@@ -194,11 +201,11 @@ class CutoutService:
         if use_cache and (not request.refresh or stale_window is not None):
             assert self.cache is not None
             packed = await self.cache.get(key)
-        if (packed is not None and not request.refresh
-                and (source.ttl_seconds is None or _age(packed) < source.ttl_seconds)):
+        fetched_at = packed_fetched_at(packed) if packed is not None else None
+        if packed is not None and not request.refresh and _fresh(source, fetched_at):
             data = await self._unpack(packed, channel, box)
             if data is not None:
-                self.decoded.put(key, (data, packed_fetched_at(packed) or 0.0))
+                self.decoded.put(key, (data, fetched_at or 0.0))
                 return data, None
             assert self.cache is not None
             await self.cache.delete(key)

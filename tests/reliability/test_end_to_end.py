@@ -86,7 +86,7 @@ async def test_eviction_while_responses_stream_never_shortens_a_body(tmp_path: P
     sources = [{"collection": "c", "experiment": "e", "channel": "v", "kind": "zarr",
                 "url": str(tmp_path / "v.zarr")}]
     config = write_config(tmp_path / "relay.yaml", sources, None,
-                          memory_bytes=CUBOID_BYTES + 1024)
+                          memory_bytes=CUBOID_BYTES + 1024, decoded_bytes=0)
     boxes = [(x, y) for x in (0, 512) for y in (0, 512)]
     with RelayProcess(["--config", str(config)]) as relay:
         async with httpx.AsyncClient(base_url=relay.url, timeout=60) as client:
@@ -145,7 +145,7 @@ def test_damaged_disk_entries_are_never_served_after_a_restart(
     other half, restart: every answer still equals the store, each damaged entry is counted,
     dropped and read upstream again, and the cache works on (a third pass reads nothing)."""
     config = write_config(tmp_path / "relay.yaml", fixture_sources, tmp_path / "cache",
-                          memory_bytes=0)  # disk only, so every read goes through the disk
+                          memory_bytes=0, decoded_bytes=0)  # every read goes through the disk
     url = "/v1/cutout/col1/exp1/ch16/0/0:1024/0:1000/0:32/"  # 2 × 2 × 2 = 8 cuboids
     expected = truth("ch16", 0, (0, 0, 0), (1024, 1000, 32))
 

@@ -20,8 +20,9 @@ from .hooked_relay import WRITE_ERROR
 def test_a_failing_disk_slows_the_relay_down_but_never_fails_it(
         noise: NoiseStore, tmp_path: Path, fault: str) -> None:
     cache_dir, log = tmp_path / "cache", tmp_path / "relay.log"
+    # one packed cuboid in memory and no decoded ones: reads must go past memory
     config = write_config(tmp_path / "relay.yaml", [noise.source], cache_dir,
-                          memory_bytes=300_000)  # one cuboid: reads must go past memory
+                          memory_bytes=300_000, decoded_bytes=0)
     corners = noise.cuboid_boxes()
     with hooked_relay(config, {WRITE_ERROR: fault}, log=log) as relay:
         empty = relay.metrics()["relay_cache_disk_bytes"]  # the index database alone

@@ -16,8 +16,9 @@ from .conftest import NoiseStore, check_offline, decode
 
 async def test_two_workers_share_the_disk_tier_safely(noise: NoiseStore, tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    # no memory tier: every read and every write meets the shared disk tier
-    config = write_config(tmp_path / "relay.yaml", [noise.source], cache_dir, memory_bytes=0)
+    # no memory tier, no decoded cuboids: every read and every write meets the shared disk tier
+    config = write_config(tmp_path / "relay.yaml", [noise.source], cache_dir, memory_bytes=0,
+                          decoded_bytes=0)
     corners = noise.cuboid_boxes()
     with RelayProcess(["--config", str(config), "--workers", "2"]) as relay:
         assert relay.process is not None
