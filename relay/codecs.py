@@ -17,6 +17,7 @@ import os
 import struct
 import zlib
 from enum import StrEnum
+from typing import Any
 
 import blosc
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "encode",
     "negotiate",
     "pack_cuboid",
+    "pack_frame",
     "packed_blosc_frame",
     "packed_fetched_at",
     "unpack_cuboid",
@@ -162,9 +164,15 @@ _CODE_DTYPES: dict[int, np.dtype[np.generic]] = {v: k for k, v in _DTYPE_CODES.i
 
 
 def pack_cuboid(array: np.ndarray, fetched_at: float = 0.0) -> bytes:
-    z, y, x = array.shape
-    header = _HEADER.pack(_MAGIC, _DTYPE_CODES[array.dtype], z, y, x, fetched_at)
-    return header + _blosc(array)
+    return pack_frame(_blosc(array), array.shape, array.dtype, fetched_at)
+
+
+def pack_frame(frame: bytes, shape_zyx: tuple[int, ...], dtype: np.dtype[Any],
+               fetched_at: float = 0.0) -> bytes:
+    """A packed cuboid around a Blosc1 frame the caller has checked decodes to ``shape_zyx``
+    of ``dtype`` (an upstream relay's own frame, kept rather than compressed again)."""
+    z, y, x = shape_zyx
+    return _HEADER.pack(_MAGIC, _DTYPE_CODES[np.dtype(dtype)], z, y, x, fetched_at) + frame
 
 
 def packed_fetched_at(packed: bytes | memoryview) -> float | None:

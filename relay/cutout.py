@@ -25,7 +25,13 @@ import numpy as np
 from .cache.lru import SizedLRU
 from .cache.tiered import TieredCache
 from .catalog import Catalog, Channel
-from .codecs import pack_cuboid, packed_blosc_frame, packed_fetched_at, unpack_cuboid
+from .codecs import (
+    pack_cuboid,
+    pack_frame,
+    packed_blosc_frame,
+    packed_fetched_at,
+    unpack_cuboid,
+)
 from .config import SourceSettings
 from .errors import UpstreamError
 from .geometry import Box
@@ -236,14 +242,14 @@ class CutoutService:
         channel = request.channel
         self.metrics.inc("upstream_reads_total")
         try:
-            data = await channel.upstream.read(channel.ref, request.resolution, box, t,
-                                               request.token)
+            data, frame = await channel.upstream.read_encoded(channel.ref, request.resolution,
+                                                              box, t, request.token)
         except UpstreamError:
             self.metrics.inc("upstream_errors_total")
             raise
         dtype = channel.info.dtype
         if data is None:
-            data = np.zeros(box.shape_zyx, dtype=dtype)
+            data, frame = np.zeros(box.shape_zyx, dtype=dtype), None
         if data.shape != box.shape_zyx or data.dtype != dtype:
             self.metrics.inc("upstream_errors_total")
             raise UpstreamError(
@@ -255,7 +261,9 @@ class CutoutService:
         fetched_at = wall_clock()
         if use_cache:
             assert self.cache is not None
-            if data.nbytes >= _THREAD_BYTES:
+            if frame is not None:
+                packed = pack_frame(frame, data.shape, data.dtype, fetched_at)
+            elif data.nbytes >= _THREAD_BYTES:
                 packed = await asyncio.to_thread(pack_cuboid, data, fetched_at)
             else:
                 packed = pack_cuboid(data, fetched_at)

@@ -150,6 +150,14 @@ class Upstream(ABC):
     ) -> np.ndarray | None:
         """The Z,Y,X voxels of ``box`` (inside the level's bounds) at time ``t``."""
 
+    async def read_encoded(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> tuple[np.ndarray | None, bytes | None]:
+        """``read``, plus the upstream's own Blosc1 frame of exactly those voxels when it sent
+        one (already checked to decode to them), so the cache can keep the frame instead of
+        compressing the voxels again. By default there is no frame."""
+        return await self.read(ref, level, box, t, token), None
+
     async def boss_json(self, path: str, token: str | None = None) -> Any:
         """BossDB metadata at ``/v1/{path}`` (passthrough upstreams only)."""
         raise NotImplementedError

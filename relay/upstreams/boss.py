@@ -109,6 +109,13 @@ class BossUpstream(Upstream):
     async def read(
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
     ) -> np.ndarray | None:
+        return (await self.read_encoded(ref, level, box, t, token))[0]
+
+    async def read_encoded(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> tuple[np.ndarray | None, bytes | None]:
+        # The frame is kept as it came: every hop of a chain would otherwise compress the same
+        # voxels again (about 4 ms per 4 MiB cuboid, serially, on a cold read).
         info = await self.channel_info(ref, token)
         if not 0 <= level < len(info.levels):
             raise ResourceNotFound(f"resolution {level} not found")
@@ -121,7 +128,7 @@ class BossUpstream(Upstream):
             headers=self._headers(token, "application/blosc"),
         )
         try:
-            return decode_blosc(response.content, info.dtype, box.shape_zyx)
+            return decode_blosc(response.content, info.dtype, box.shape_zyx), response.content
         except ValueError as exc:
             raise UpstreamError(f"{self._where} sent a bad cutout for {ref}: {exc}") from exc
 

@@ -16,7 +16,7 @@ import pytest
 
 from relay.cache import DiskTier, MemoryTier, TieredCache
 from relay.catalog import Catalog
-from relay.codecs import unpack_cuboid
+from relay.codecs import packed_blosc_frame, unpack_cuboid
 from relay.config import SourceSettings
 from relay.cutout import CutoutRequest, CutoutService
 from relay.errors import RelayError
@@ -68,6 +68,21 @@ async def relay(server: FaultServer) -> AsyncIterator[Relay]:
 
 
 EXPECTED = voxels_for(f"Token {SECRET}")
+
+
+async def test_an_upstream_relays_blosc_frame_is_cached_as_it_came(server: FaultServer,
+                                                                    relay: Relay) -> None:
+    """The fault server compresses with blosclz, the relay itself with lz4: the cached frame
+    still names blosclz, so it was kept rather than compressed again, and it decodes to the
+    upstream's voxels."""
+    np.testing.assert_array_equal(await relay.read(), EXPECTED)
+    (key,) = relay.memory.keys()
+    packed = await relay.memory.get(key)
+    assert packed is not None
+    frame = packed_blosc_frame(packed, EXPECTED.shape, EXPECTED.dtype)
+    assert frame is not None
+    assert frame[2] >> 5 == 0  # Blosc1 flags, bits 5-7: the compressor; 0 is blosclz
+    assert blosc.decompress(bytes(frame)) == EXPECTED.tobytes()
 
 
 @pytest.mark.parametrize("script", [["503"], ["429"], ["reset"], ["truncate"],
