@@ -7,10 +7,12 @@ Its router, on every request, cost more than the relay's own work on a metadata 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -114,16 +116,20 @@ def from_environment() -> Starlette:
 
 def _documentation() -> list[BaseRoute]:
     """``/openapi.json`` and ``/docs``, from a FastAPI app that holds the routers' documented
-    twins and never serves a request itself."""
-    documented = FastAPI(title="relay", version=__version__,
-                         description="A caching relay speaking the BossDB REST dialect.")
-    documented.include_router(boss.router, prefix="/v1", tags=["boss"])
-    documented.include_router(precomputed.router, tags=["precomputed"])
-    documented.include_router(ops.router, tags=["ops"])
-    schema = documented.openapi()
+    twins and never serves a request itself. The document is built on first request, not at
+    start-up (it takes longer than starting everything else)."""
+
+    @functools.cache
+    def schema() -> dict[str, Any]:
+        documented = FastAPI(title="relay", version=__version__,
+                             description="A caching relay speaking the BossDB REST dialect.")
+        documented.include_router(boss.router, prefix="/v1", tags=["boss"])
+        documented.include_router(precomputed.router, tags=["precomputed"])
+        documented.include_router(ops.router, tags=["ops"])
+        return documented.openapi()
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(schema)
+        return JSONResponse(schema())
 
     async def docs(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="relay")

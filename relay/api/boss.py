@@ -102,14 +102,21 @@ async def list_channels(request: Request, collection: str, experiment: str) -> d
     return {"channels": channels}
 
 
-async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
+async def _channel_level(request: Request, path: str, collection: str, experiment: str,
+                         channel: str, render: Callable[[Channel], dict[str, Any]]) -> Any:
+    """A channel's metadata at ``path``: the upstream's own JSON from a BossDB-speaking
+    source, else ``render`` of the channel's description."""
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    passed = await _passed_through(
-        request, f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
-        collection, experiment, channel)
+    passed = await _passed_through(request, path, collection, experiment, channel)
     if passed is not None:
         return passed
-    return metadata.channel_json(await channel_for(request, collection, experiment, channel))
+    return render(await channel_for(request, collection, experiment, channel))
+
+
+async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
+    return await _channel_level(
+        request, f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
+        collection, experiment, channel, metadata.channel_json)
 
 
 async def list_coords(request: Request) -> dict[str, Any]:
@@ -136,13 +143,8 @@ async def get_coord(request: Request, coord: str) -> Any:
 
 
 async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
-    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    passed = await _passed_through(
-        request, f"downsample/{collection}/{experiment}/{channel}/",
-        collection, experiment, channel)
-    if passed is not None:
-        return passed
-    return metadata.downsample_json(await channel_for(request, collection, experiment, channel))
+    return await _channel_level(request, f"downsample/{collection}/{experiment}/{channel}/",
+                                collection, experiment, channel, metadata.downsample_json)
 
 
 async def ping(request: Request) -> dict[str, Any]:

@@ -87,6 +87,18 @@ def check_offline(cache_dir: Path, noise: NoiseStore) -> tuple[int, int]:
         disk._cache.close()
 
 
+def check_boss_answer(response: Any) -> None:
+    """No 5xx; anything but a 200 is BossDB JSON with its status, short, without a traceback."""
+    assert response.status_code < 500, (response.status_code, response.text[:300])
+    if response.status_code != 200:
+        body = response.json()
+        assert set(body) == {"status", "code", "message"}
+        assert body["status"] == response.status_code
+        assert isinstance(body["code"], int) and isinstance(body["message"], str)
+        assert len(body["message"]) <= 300
+        assert "Traceback" not in response.text
+
+
 def hooked_relay(config: Path, env: dict[str, str], log: Path | None = None) -> RelayProcess:
     """The relay program with ``tests.reliability.hooked_relay``'s disk-write hook."""
     port = free_port()
