@@ -61,6 +61,8 @@ class FaultServer:
         self.cutouts = 0
         self.authorizations: list[str | None] = []
         self.targets: list[str] = []  # every request target (path and query) received
+        self.cookies: list[str | None] = []  # the Cookie header of every request
+        self.set_cookie = False  # when True, every answer sets a session cookie
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
         self.cutout_seen = asyncio.Event()  # set when the first cutout request arrives
@@ -90,6 +92,7 @@ class FaultServer:
                 headers[name.strip().lower()] = value.strip()
             target = request_line.split(" ")[1]
             self.targets.append(target)
+            self.cookies.append(headers.get("cookie"))
             path = target.split("?")[0]
             await self._answer(path, headers.get("authorization"), writer)
         except (ConnectionError, IndexError):
@@ -164,12 +167,14 @@ class FaultServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stall.wait(), seconds)
 
-    @staticmethod
-    def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
+    def _send(self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
               extra: dict[str, str] | None = None, length: int | None = None) -> None:
+        extra = dict(extra or {})
+        if self.set_cookie:
+            extra["Set-Cookie"] = f"sessionid=s{self.cutouts}; Path=/"
         lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}",
                  f"Content-Length: {len(body) if length is None else length}",
-                 "Connection: close", *(f"{k}: {v}" for k, v in (extra or {}).items())]
+                 "Connection: close", *(f"{k}: {v}" for k, v in extra.items())]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 

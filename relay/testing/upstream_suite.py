@@ -198,5 +198,8 @@ class UpstreamSuite(ABC):
                                                       tmp_path: Path) -> None:
         missing = source.model_copy(update={"url": (tmp_path / "nothing-here").as_uri()})
         upstream = registry.create(missing)
-        with pytest.raises(UpstreamError):
-            await upstream.channel_info(REF)
+        try:
+            with pytest.raises(UpstreamError):
+                await upstream.channel_info(REF)
+        finally:
+            await upstream.aclose()

@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import lz4.block
 import numpy as np
 
 from ..codecs import DTYPES
 from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
-from ._http import describe, json_body
+from ._http import Reply, describe, json_body
 from .base import ChannelInfo, ChannelRef, Level, Upstream, UpstreamContext, default_cuboid
 
 __all__ = ["DvidUpstream"]
@@ -53,9 +52,9 @@ class _Opened:
     expires: float
 
 
-def _client_error(response: httpx.Response) -> RelayError:
+def _client_error(response: Reply) -> RelayError:
     text = response.text.strip()[:200]
-    if response.status_code == 404 or any(marker in text for marker in _NOT_FOUND):
+    if response.status == 404 or any(marker in text for marker in _NOT_FOUND):
         return ResourceNotFound(f"DVID: {text}")
     if "unable to get label block" in text:
         return _EmptyLabelBlock(text)

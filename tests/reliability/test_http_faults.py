@@ -181,6 +181,21 @@ async def test_forwarded_tokens_partition_the_cache(server: FaultServer) -> None
     await relay.aclose()
 
 
+async def test_upstream_cookies_are_never_kept_or_sent(server: FaultServer) -> None:
+    """A session cookie one caller's upstream answer sets must not ride along with the next
+    caller's request: the pooled client keeps no cookie jar."""
+    server.set_cookie = True
+    # by name: cookie jars refuse cookies from a bare IP address, which would hide a shared jar
+    relay = Relay(server.url.replace("127.0.0.1", "localhost"), token=None,
+                  forward_client_token=True)
+    alice, bob = "Token alice-token", "Token bob-token"
+    np.testing.assert_array_equal(await relay.read(alice), voxels_for(alice))
+    np.testing.assert_array_equal(await relay.read(bob), voxels_for(bob))
+    await relay.aclose()
+    assert server.authorizations == [alice, bob]
+    assert len(server.cookies) > 2 and server.cookies == [None] * len(server.cookies)
+
+
 async def test_tokens_never_reach_logs_or_errors(server: FaultServer, relay: Relay,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
