@@ -41,17 +41,14 @@ def exact_cuboid(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> Cuboi
     """The plan of ``request`` when it is exactly one grid cell (clipped to the bounds), else
     None: what ``plan`` would yield alone, found without enumerating (the hot path of every
     aligned read)."""
-    index = []
-    for start, o, size in zip(request.start, origin, cuboid, strict=True):
-        cell, rest = divmod(start - o, size)
-        if rest:
-            return None
-        index.append(cell)
-    cell_box = cuboid_box(Vec3(*index), cuboid, origin, bounds)
-    if cell_box != request:
+    # The cell holding the request's first voxel; the request need not start on a grid line,
+    # since a cell may be clipped at its start by bounds that do not.
+    index = Vec3(*((start - o) // size
+                   for start, o, size in zip(request.start, origin, cuboid, strict=True)))
+    if cuboid_box(index, cuboid, origin, bounds) != request:
         return None
     whole = request.zyx_slices(request.start)
-    return CuboidPlan(index=Vec3(*index), box=request, src=whole, dst=whole)
+    return CuboidPlan(index=index, box=request, src=whole, dst=whole)
 
 
 def plan(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> Iterator[CuboidPlan]:

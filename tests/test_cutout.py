@@ -109,6 +109,25 @@ async def test_reads_assemble_ground_truth_and_hit_the_cache() -> None:
     assert upstream.reads == 3 * 2 * 3
 
 
+@pytest.mark.parametrize("box", [
+    Box.of((16, 16, 8), (32, 30, 16)),   # one whole cell, clipped by the bounds in y
+    Box.of((32, 16, 16), (40, 30, 20)),  # the corner cell, clipped on every axis
+])
+async def test_a_box_of_exactly_one_cuboid_is_answered_with_that_cuboid(box: Box) -> None:
+    """No zeroed output and no copy: the cuboid's own array, which is read-only so that no
+    consumer can change what the cache and the next caller see."""
+    service, upstream, channel = await _service([MemoryTier(2**24)], decoded_bytes=2**24)
+    first = await service.read(_request(channel, box))
+    np.testing.assert_array_equal(first, VOLUME[box.zyx_slices()])
+    assert not first.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0, 0] = 1
+    second = await service.read(_request(channel, box))
+    assert second is first  # the decoded cuboid itself, held for the next caller
+    np.testing.assert_array_equal(second, VOLUME[box.zyx_slices()])
+    assert upstream.reads == 1
+
+
 async def _until(condition: Any) -> None:
     """Let other tasks run until ``condition()`` holds (bounded: no wall-clock waiting)."""
     for _ in range(1000):

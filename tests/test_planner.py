@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.geometry import Box, Vec3
@@ -87,6 +87,9 @@ def cells(draw: st.DrawFn) -> tuple[Box, Vec3, Vec3, Box]:
 
 
 @given(cells())
+@example((Box.of((0, 0, 0), (1, 1, 1)), Vec3(2, 1, 1), Vec3(1, 0, 0),
+          Box.of((0, 0, 0), (1, 1, 1))))  # a cell clipped at its start by the bounds
+@settings(max_examples=300)
 def test_exact_cuboid_agrees_with_the_plan(scenario: tuple[Box, Vec3, Vec3, Box]) -> None:
     request, cuboid, origin, bounds = scenario
     items = list(plan(request, cuboid, origin, bounds))
