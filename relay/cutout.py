@@ -175,8 +175,18 @@ class CutoutService:
             if stale_age is not None:
                 stale_ages.append(stale_age)
 
+        # Cuboids held decoded are copied at once: a task each would cost more than the copy
+        # for the small cutouts neuroglancer and scripts send by the thousand.
+        missing = []
+        for ti, t, cuboid in jobs:
+            held = self._held(cache_key(request.channel, request.resolution, t, cuboid,
+                                        request.token), request)
+            if held is None:
+                missing.append((ti, t, cuboid))
+            else:
+                out[ti][cuboid.dst] = held[cuboid.src]
         # Not a TaskGroup: it would wrap a RelayError in an ExceptionGroup and lose its status.
-        tasks = [asyncio.ensure_future(fill(*job)) for job in jobs]
+        tasks = [asyncio.ensure_future(fill(*job)) for job in missing]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -189,18 +199,25 @@ class CutoutService:
 
     async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> _Loaded:
         key = cache_key(request.channel, request.resolution, t, cuboid, request.token)
-        source = request.channel.source
         # the decoded copy is looked up without awaiting, so before the flight is safe
-        if not request.refresh and source.cache and (hit := self.decoded.get(key)) is not None:
-            data, fetched_at = hit
-            if _fresh(source, fetched_at):
-                self.metrics.inc("decoded_hits_total")
-                return data, None
+        if (held := self._held(key, request)) is not None:
+            return held, None
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
         flight = key + "#refresh" if request.refresh else key
         return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
+
+    def _held(self, key: str, request: CutoutRequest) -> np.ndarray | None:
+        """The cuboid under ``key`` if it is held decoded and fresh enough for ``request``."""
+        source = request.channel.source
+        if request.refresh or not source.cache or (hit := self.decoded.get(key)) is None:
+            return None
+        data, fetched_at = hit
+        if not _fresh(source, fetched_at):
+            return None
+        self.metrics.inc("decoded_hits_total")
+        return data
 
     async def _load(self, key: str, request: CutoutRequest, t: int, box: Box) -> _Loaded:
         channel = request.channel
