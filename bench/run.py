@@ -407,7 +407,8 @@ def p5(report: Report, relay: RelayProcess, raw: str) -> None:
                                rps / hello >= 0.8))
 
 
-def p6(report: Report, one: RelayProcess, chain: list[RelayProcess]) -> None:
+def p6(report: Report, one: RelayProcess, chain: list[RelayProcess], root: Path,
+       sources: list[dict[str, Any]]) -> None:
     mode = report.mode
     for relay in (one, *chain):
         http.get(relay.url + CUBOID)
@@ -418,25 +419,29 @@ def p6(report: Report, one: RelayProcess, chain: list[RelayProcess]) -> None:
         report.rows.append(Row(f"P6 warm through {hops} relays", f"{rps:.0f} req/s",
                                f"one relay {single:.0f} req/s", rps / single, "≥ 0.9",
                                rps / single >= 0.9))
-    # cold: distinct cuboids, never read by any relay before (the chain and the single relay
-    # each read their own half of the grid)
+    # Cold: fresh relays over the store, so nothing a workload before read is cached anywhere
+    # (the curves read the whole volume through the first relay); both read the same cuboids.
     cuboids = [(bx, by) for by in range(y // 512) for bx in range(x // 512)]
-    half = len(cuboids) // 2
+    picks = cuboids[:min(mode.cold_reads, len(cuboids))]
 
-    def cold(relay: RelayProcess, picks: list[tuple[int, int]]) -> float:
-        times = []
-        for bx, by in picks:
-            url = (f"{relay.url}/v1/cutout/b/e/u8/0/{bx * 512}:{bx * 512 + 512}/"
-                   f"{by * 512}:{by * 512 + 512}/{z - 16}:{z}/")  # a slab no workload read
-            times.append(timed_get(url))
-        return statistics.median(times)
+    def cold(relay: RelayProcess) -> float:
+        return statistics.median(
+            timed_get(f"{relay.url}/v1/cutout/b/e/u8/0/{bx * 512}:{bx * 512 + 512}/"
+                      f"{by * 512}:{by * 512 + 512}/{z - 16}:{z}/")
+            for bx, by in picks)
 
-    count = min(mode.cold_reads, half)
-    one_s = cold(one, cuboids[:count])
-    three_s = cold(chain[1], cuboids[half:half + count])
+    with ExitStack() as stack:
+        one_s = cold(start_relay(stack, root, "p6-one", sources))
+    with ExitStack() as stack:
+        inner = start_relay(stack, root, "p6-origin", sources)
+        for hop in ("p6-hop2", "p6-hop3"):
+            inner = start_relay(stack, root, hop, [{"collection": "*", "kind": "boss",
+                                                    "url": inner.url}])
+        three_s = cold(inner)
     report.rows.append(Row("P6 cold through 3 relays", f"{three_s * 1e3:.1f} ms",
                            f"one relay {one_s * 1e3:.1f} ms", three_s / one_s,
-                           "≤ 1.5 (time)", three_s / one_s <= 1.5))
+                           "≤ 1.5 (time)", three_s / one_s <= 1.5,
+                           detail=f"{len(picks)} first-touch reads each"))
 
 
 def p7(report: Report, root: Path, sources: list[dict[str, Any]]) -> None:
@@ -481,6 +486,9 @@ def p7(report: Report, root: Path, sources: list[dict[str, Any]]) -> None:
 # --- report -----------------------------------------------------------------------------------
 
 
+KEPT = "<!-- written by hand from here on; bench/run.py keeps it when it rewrites the figures -->"
+
+
 def write_report(report: Report, out: Path) -> None:
     lines = [
         "# Benchmarks",
@@ -511,8 +519,10 @@ def write_report(report: Report, out: Path) -> None:
                          f"{figures['bytes_per_s'] / MiB:.0f} | {figures['p50_ms']:.2f} | "
                          f"{figures['p99_ms']:.2f} |")
         lines += ["", f"![{curve.title}]({image.name})"]
-    lines += ["", "Where the time goes in the workloads that miss their targets: "
-              "[performance.md](performance.md).", ""]
+    # The explanations of missed targets are written by hand, from profiles, below the marker:
+    # a new run replaces the figures above it and keeps them.
+    kept = out.read_text().partition(KEPT)[2] if out.exists() and KEPT in out.read_text() else ""
+    lines += ["", KEPT + (kept or "\n")]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -598,7 +608,7 @@ def main() -> int:
                                                      "url": relay.url}])
             front = start_relay(stack, root, "hop3", [{"collection": "*", "kind": "boss",
                                                        "url": lab.url}])
-            p6(report, relay, [lab, front])
+            p6(report, relay, [lab, front], root, sources)
         if want("P7"):
             p7(report, root, sources)
     write_report(report, args.out)
