@@ -160,8 +160,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
             await http.aclose()
 
     routes = [
-        *served_routes(boss.router, "/v1"),
-        *served_routes(boss.router, "/latest"),
+        *served_routes(boss.router, ("/v1", "/latest")),
         *served_routes(precomputed.router),
         *served_routes(ops.router),
         *_documentation(),

@@ -49,10 +49,8 @@ router = APIRouter()
 
 
 def _route(path: str, endpoint: Callable[..., Any]) -> None:
-    """Serve ``path`` with and without its trailing slash (no redirects: a 307 would cost
-    intern a round trip and break POST)."""
-    bare = path.rstrip("/")
-    add_route(router, [bare, bare + "/"], endpoint)
+    """Serve ``path`` with and without its trailing slash."""
+    add_route(router, path, endpoint, slash_optional=True)
 
 
 # --- resources ------------------------------------------------------------------------------

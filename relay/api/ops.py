@@ -45,6 +45,6 @@ async def stats(request: Request) -> dict[str, Any]:
     return {"counters": dict(request.app.state.metrics.counters), "gauges": _gauges(request)}
 
 
-add_route(router, ["/healthz"], healthz)
-add_route(router, ["/metrics"], metrics)
-add_route(router, ["/stats"], stats)
+add_route(router, "/healthz", healthz)
+add_route(router, "/metrics", metrics)
+add_route(router, "/stats", stats)

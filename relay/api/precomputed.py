@@ -95,5 +95,5 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
 
 
 _BASE = "/precomputed/{collection}/{experiment}/{channel}"
-add_route(router, [_BASE + "/info"], get_info)  # Starlette answers HEAD wherever GET is
-add_route(router, [_BASE + "/{key}/{chunk}"], get_chunk)
+add_route(router, _BASE + "/info", get_info)  # Starlette answers HEAD wherever GET is
+add_route(router, _BASE + "/{key}/{chunk}", get_chunk)
