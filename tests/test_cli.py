@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import blosc
 import httpx
 import numpy as np
+import pytest
 import yaml
 import zarr
 
@@ -86,6 +89,24 @@ def test_tls_serves_https(fixture_sources: list[dict[str, object]], tmp_path: Pa
         response = httpx.get(f"https://127.0.0.1:{port}/latest/collection/col1/experiment/exp1/"
                              "channel/ch1/", verify=ssl.create_default_context(cafile=cert))
         assert response.status_code == 200 and response.json()["datatype"] == "uint8"
+        # a relay chained to it verifies its certificate (certifi's CAs): a self-signed one is
+        # refused at once, not retried, and the error says why
+        asyncio.run(_refused_as_untrusted(f"https://127.0.0.1:{port}"))
+
+
+async def _refused_as_untrusted(url: str) -> None:
+    from relay.config import SourceSettings
+    from relay.errors import UpstreamUnavailable
+    from relay.upstreams.base import ChannelRef, registry
+
+    upstream = registry.create(SourceSettings(collection="*", kind="boss", url=url, retries=3))
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="TLS certificate is not trusted"):
+            await upstream.channel_info(ChannelRef("col1", "exp1", "ch1"))
+    finally:
+        await upstream.aclose()
+    assert time.monotonic() - started < 5  # no backoff: retries were not spent on it
 
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:

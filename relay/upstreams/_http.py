@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
+import certifi
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 from yarl import URL
@@ -149,6 +151,14 @@ class HttpPool:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str, HttpSettings], aiohttp.ClientSession] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # certifi's CA bundle, as requests (and so intern) and httpx use: a Python without
+        # system certificates (python.org builds on macOS) still verifies BossDB's.
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=certifi.where())
+        return self._tls
 
     def _session(self, url: URL, settings: HttpSettings) -> aiohttp.ClientSession:
         key = (url.scheme, url.raw_authority, settings)
@@ -158,8 +168,9 @@ class HttpPool:
             timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=settings.connect,
                                             sock_read=settings.read)
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=settings.max_connections,
-                                               limit_per_host=settings.max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=settings.max_connections, limit_per_host=settings.max_connections,
+                    ssl=self._tls_context() if url.scheme == "https" else True),
                 timeout=timeout,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
@@ -196,6 +207,12 @@ class HttpPool:
                     response = Reply(answer.status,
                                      {k.lower(): v for k, v in answer.headers.items()},
                                      await answer.read())
+            except aiohttp.ClientConnectorCertificateError as exc:
+                # not retried: the certificate will not be trusted the next time either
+                raise UpstreamUnavailable(
+                    f"cannot connect to {where}: its TLS certificate is not trusted") from exc
+            except aiohttp.ClientSSLError as exc:
+                raise UpstreamUnavailable(f"cannot connect to {where}: TLS failed") from exc
             except aiohttp.ConnectionTimeoutError as exc:
                 raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}")) from exc
             except aiohttp.ServerTimeoutError as exc:
