@@ -3,7 +3,9 @@ or the right BossDB error; nothing is cached from a failure; no zeros stand in f
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +28,7 @@ from relay.upstreams._http import HttpPool
 from relay.upstreams.base import ChannelRef, UpstreamContext, registry
 
 from ..faults import SHAPE_XYZ, FaultServer, voxels_for
+from ..servers import RelayProcess, write_config
 
 REF = ChannelRef("c", "e", "ch")
 BOX = Box.of((0, 0, 0), SHAPE_XYZ)
@@ -227,20 +230,23 @@ async def test_held_metadata_and_warm_cuboids_survive_an_unreachable_upstream() 
     await relay.aclose()
 
 
+async def _relay_process(server: FaultServer, tmp_path: Any, env: dict[str, str] | None = None,
+                         **source: Any) -> RelayProcess:
+    """A started ``relay serve`` subprocess in front of ``server``, caching in tmp_path."""
+    config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
+                                                      "url": server.url, "token": SECRET,
+                                                      **source}],
+                          tmp_path / "cache")
+    relay = RelayProcess(["--config", str(config)], env=env)
+    await asyncio.to_thread(relay.start)
+    return relay
+
+
 async def test_sigterm_lets_requests_in_progress_finish(server: FaultServer,
                                                         tmp_path: Any) -> None:
     """A relay subprocess told to stop while a slow upstream read is in progress still answers
     that request in full, then exits cleanly."""
-    import asyncio
-    import signal
-
-    from ..servers import RelayProcess, write_config
-
-    config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
-                                                      "url": server.url, "token": SECRET}],
-                          tmp_path / "cache")
-    relay = RelayProcess(["--config", str(config)])
-    await asyncio.to_thread(relay.start)
+    relay = await _relay_process(server, tmp_path)
     server.script.append("slow")
     async with httpx.AsyncClient(timeout=30) as client:
         pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
@@ -269,17 +275,8 @@ async def test_sigterm_gives_up_on_a_stuck_request_after_the_shutdown_timeout(
         server: FaultServer, tmp_path: Any) -> None:
     """A request whose upstream never answers does not hold the relay past
     ``server.shutdown_timeout``; it ends without an answer and leaves nothing in the cache."""
-    import asyncio
-    import signal
-
-    from ..servers import RelayProcess, write_config
-
-    config = write_config(tmp_path / "relay.yaml", [{"collection": "*", "kind": "boss",
-                                                      "url": server.url, "token": SECRET,
-                                                      "read_timeout": 60}],
-                          tmp_path / "cache")
-    relay = RelayProcess(["--config", str(config)], env={"RELAY_SERVER__SHUTDOWN_TIMEOUT": "1"})
-    await asyncio.to_thread(relay.start)
+    relay = await _relay_process(server, tmp_path, {"RELAY_SERVER__SHUTDOWN_TIMEOUT": "1"},
+                                 read_timeout=60)
     server.script.append("stall")
     async with httpx.AsyncClient(timeout=30) as client:
         pending = asyncio.create_task(client.get(relay.url + "/v1/cutout/c/e/ch/0/0:64/0:64/0:8/"))
