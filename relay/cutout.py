@@ -155,22 +155,24 @@ class CutoutService:
         level = info.levels[request.resolution]
         times = request.times if request.times is not None else range(1)
         jobs = [
-            (ti, t, cuboid)
+            (ti, t, cuboid, cache_key(request.channel, request.resolution, t, cuboid,
+                                      request.token))
             for ti, t in enumerate(times)
             for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)
         ]
         if request.times is None and len(jobs) == 1 and jobs[0][2].box == request.box:
             # exactly one whole cuboid (what intern and neuroglancer mostly ask for): the
             # cuboid's own read-only array is the answer; no zeroed output, no copy
-            data, stale_age = await self.cuboid(request, 0, jobs[0][2])
+            _, t, cuboid, key = jobs[0]
+            data, stale_age = await self.cuboid(request, key, t, cuboid.box)
             return Cutout(data, stale_age)
         out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
         limit = asyncio.Semaphore(self._max_parallel)
         stale_ages: list[float] = []
 
-        async def fill(ti: int, t: int, cuboid: CuboidPlan) -> None:
+        async def fill(ti: int, t: int, cuboid: CuboidPlan, key: str) -> None:
             async with limit:
-                data, stale_age = await self.cuboid(request, t, cuboid)
+                data, stale_age = await self.cuboid(request, key, t, cuboid.box)
             out[ti][cuboid.dst] = data[cuboid.src]
             if stale_age is not None:
                 stale_ages.append(stale_age)
@@ -178,11 +180,9 @@ class CutoutService:
         # Cuboids held decoded are copied at once: a task each would cost more than the copy
         # for the small cutouts neuroglancer and scripts send by the thousand.
         missing = []
-        for ti, t, cuboid in jobs:
-            held = self._held(cache_key(request.channel, request.resolution, t, cuboid,
-                                        request.token), request)
-            if held is None:
-                missing.append((ti, t, cuboid))
+        for ti, t, cuboid, key in jobs:
+            if (held := self._held(key, request)) is None:
+                missing.append((ti, t, cuboid, key))
             else:
                 out[ti][cuboid.dst] = held[cuboid.src]
         # Not a TaskGroup: it would wrap a RelayError in an ExceptionGroup and lose its status.
@@ -197,8 +197,8 @@ class CutoutService:
         return Cutout(out if request.times is not None else out[0],
                       max(stale_ages) if stale_ages else None)
 
-    async def cuboid(self, request: CutoutRequest, t: int, cuboid: CuboidPlan) -> _Loaded:
-        key = cache_key(request.channel, request.resolution, t, cuboid, request.token)
+    async def cuboid(self, request: CutoutRequest, key: str, t: int, box: Box) -> _Loaded:
+        """The voxels of the cuboid ``box`` cached under ``key``: held, cached or fetched."""
         # the decoded copy is looked up without awaiting, so before the flight is safe
         if (held := self._held(key, request)) is not None:
             return held, None
@@ -206,7 +206,7 @@ class CutoutService:
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
         flight = key + "#refresh" if request.refresh else key
-        return await self.flights.do(flight, lambda: self._load(key, request, t, cuboid.box))
+        return await self.flights.do(flight, lambda: self._load(key, request, t, box))
 
     def _held(self, key: str, request: CutoutRequest) -> np.ndarray | None:
         """The cuboid under ``key`` if it is held decoded and fresh enough for ``request``."""
