@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean bench bench-smoke
+.PHONY: run test lint typecheck pytest clean bench bench-smoke system-packages bench-packages
+
+# System programs the tests drive (Chromium and its WebDriver: neuroglancer's client in a real
+# browser), and the benchmark's load generator and static-file comparator. Installed with
+# apt-get when run as root, else one line says what to install.
+TEST_PACKAGES := chromium=chromium chromedriver=chromium-driver
+BENCH_PACKAGES := wrk=wrk nginx=nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,18 +29,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+system-packages:
+	@scripts/debian-packages $(TEST_PACKAGES)
+
+bench-packages:
+	@scripts/debian-packages $(BENCH_PACKAGES)
+
+pytest: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: system-packages lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # Benchmarks (need Debian's wrk and nginx): the full run writes docs/benchmarks.md; the smoke
 # run exercises every workload tiny and once, and its numbers mean nothing.
-bench: $(STAMP)
+bench: $(STAMP) bench-packages
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) bench-packages
 	$(BIN)/python bench/run.py --smoke --out $${TMPDIR:-/tmp}/relay-bench-smoke.md

@@ -1,4 +1,4 @@
-"""``relay serve [--config FILE] [--host H] [--port P] [--workers N]`` and
+"""``relay serve [--config FILE] [--host H] [--port P] [--port-file F] [--workers N]`` and
 ``relay demo [--dir DIR]`` (``python -m relay`` is the same program).
 
 Without ``--config`` (or ``RELAY_CONFIG``) it serves the embedded demo, generating it first if
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config file (default: $RELAY_CONFIG, "
                        "else the embedded demo)")
     serve.add_argument("--host", help="bind address (overrides the config)")
-    serve.add_argument("--port", type=int, help="port (overrides the config)")
+    serve.add_argument("--port", type=int, help="port (overrides the config); 0 lets the "
+                       "system choose a free one, which is logged")
+    serve.add_argument("--port-file", type=Path, help="once listening, write the bound port to "
+                       "this file (with --port 0: how a script learns which port it got)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the disk cache "
                        "(overrides server.workers)")
     serve.add_argument("--log-level", default="info",
@@ -113,24 +117,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay: {problem}", file=sys.stderr)
     if problems:
         return 1
-    return _serve(settings, args.log_level)
+    return _serve(settings, args.log_level, args.port_file)
 
 
-def _serve(settings: Settings, log_level: str) -> int:
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than by uvicorn: with ``--port 0`` the port is
+    only known once bound, and a busy port is one line and status 1, not uvicorn's exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # --workers: the worker processes accept on it
+    return sock
+
+
+def _write_port(path: Path, port: int) -> None:
+    """Write the port whole or not at all: a reader polling for the file never sees half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"{port}\n")
+    partial.replace(path)
+
+
+def _serve(settings: Settings, log_level: str, port_file: Path | None = None) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from .app import SETTINGS_ENV, create_app
     from .protocol import BoundedHttpToolsProtocol
 
     server_settings = settings.server
+    try:
+        sock = _bind(server_settings.host, server_settings.port)
+    except OSError as exc:  # e.g. the port is taken
+        print(f"relay: cannot serve on {server_settings.host}:{server_settings.port}: {exc}",
+              file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
     log.info(
         "serving %d source(s) on %s://%s:%d with %d worker(s)", len(settings.sources),
         "https" if server_settings.tls_cert else "http", server_settings.host,
-        server_settings.port, server_settings.workers,
+        port, server_settings.workers,
     )
     options: dict[str, Any] = dict(
         host=server_settings.host,
-        port=server_settings.port,
+        port=port,
         log_level=log_level,
         access_log=log_level == "debug",
         ssl_certfile=str(server_settings.tls_cert.expanduser()) if server_settings.tls_cert
@@ -140,18 +174,17 @@ def _serve(settings: Settings, log_level: str) -> int:
         timeout_graceful_shutdown=server_settings.shutdown_timeout,
         http=BoundedHttpToolsProtocol,
     )
-    try:
+    if port_file is not None:
+        _write_port(port_file, port)
+    with sock:
         if server_settings.workers > 1:
             # Worker processes import the app by name; they get the settings validated here,
             # not a second reading of the file and environment.
             os.environ[SETTINGS_ENV] = settings.model_dump_json()
-            uvicorn.run("relay.app:from_environment", factory=True,
-                        workers=server_settings.workers, **options)
+            config = uvicorn.Config("relay.app:from_environment", factory=True,
+                                    workers=server_settings.workers, **options)
+            Multiprocess(config, sockets=[sock]).run()
             return 0
         server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-        server.run()
-    except OSError as exc:  # e.g. the port is taken
-        print(f"relay: cannot serve on {server_settings.host}:{server_settings.port}: {exc}",
-              file=sys.stderr)
-        return 1
+        server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -54,7 +54,8 @@ class _Model(BaseModel):
 
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    #: 0: the system chooses a free port (``relay serve --port 0 --port-file F`` reports it)
+    port: int = Field(8000, ge=0, le=65535)
     cors_origins: tuple[str, ...] = ("*",)
     #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
     #: (or ``Bearer``); otherwise 401

@@ -37,19 +37,22 @@ def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | No
 
 
 class RelayProcess:
-    """``python -m relay serve`` in a subprocess; ``with`` waits for /healthz and stops it."""
+    """``python -m relay serve`` in a subprocess on a port the system chooses (``--port 0``,
+    reported through ``--port-file``: no free-port race); ``with`` waits for /healthz and stops
+    it."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 port: int | None = None, log: Path | None = None,
-                 command: list[str] | None = None) -> None:
-        """``command`` replaces ``python -m relay serve --port P``; it must then take the port
-        from ``env`` (``RELAY_SERVER__PORT``)."""
-        self.port = port or free_port()
-        self.args = [*(command or [sys.executable, "-m", "relay", "serve", "--port",
-                                   str(self.port)]), *args]
+                 log: Path | None = None, command: list[str] | None = None) -> None:
+        """``command`` replaces ``python -m relay serve`` (the port flags are appended)."""
+        import tempfile
+
+        self.port_file = Path(tempfile.mkdtemp(prefix="relay-port-")) / "port"
+        self.command = command or [sys.executable, "-m", "relay", "serve"]
+        self.args = args
         self.env = {**os.environ, **(env or {})}
         self.log = log
         self.url_scheme = "http"
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,21 +64,28 @@ class RelayProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> RelayProcess:
+        # the first start binds a port the system chooses; a restart takes the same one again
+        # (a chain's next relay is configured with it)
+        argv = [*self.command, "--port", str(self.port), "--port-file", str(self.port_file),
+                *self.args]
+        self.port_file.unlink(missing_ok=True)
         if self.log is not None:
             with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
-                self.process = subprocess.Popen(self.args, env=self.env, stdout=out,
+                self.process = subprocess.Popen(argv, env=self.env, stdout=out,
                                                 stderr=subprocess.STDOUT)
         else:
-            self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL,
+            self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.STDOUT)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.process.returncode}: {self.args}")
+                raise RuntimeError(f"relay exited with {self.process.returncode}: {argv}")
+            if self.port_file.exists():
+                self.port = int(self.port_file.read_text())
             try:
                 # readiness only: a TLS test checks the certificate itself
-                if httpx.get(self.url + "/healthz", timeout=1.0,
-                             verify=False).status_code == 200:
+                if self.port and httpx.get(self.url + "/healthz", timeout=1.0,
+                                           verify=False).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -19,7 +19,7 @@ import zarr
 
 from relay.config import Settings
 
-from .servers import RelayProcess, free_port, self_signed
+from .servers import RelayProcess, self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,19 +41,19 @@ def test_relay_demo_prints_a_config_that_serves_it(demo_dir: Path) -> None:
 
 def test_the_docker_entry_command(demo_dir: Path, tmp_path: Path) -> None:
     """`relay serve --config /config/relay.yaml` with the image's config file, outside Docker:
-    only the environment differs (loopback, a free port, a temp cache)."""
+    only the environment differs (loopback, a port the system chooses, a temp cache)."""
     relay_bin = shutil.which("relay", path=str(Path(sys.executable).parent))
     assert relay_bin is not None, "the console script `relay` is installed"
-    port = free_port()
     env = {"RELAY_DEMO_DATA": str(demo_dir), "RELAY_SERVER__HOST": "127.0.0.1",
-           "RELAY_SERVER__PORT": str(port), "RELAY_CACHE_DIR": str(tmp_path / "cache")}
-    command = [relay_bin, "serve", "--config", str(ROOT / "docker" / "relay.yaml")]
+           "RELAY_CACHE_DIR": str(tmp_path / "cache")}
+    command = [relay_bin, "serve"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["relay", "serve", "--config", "/config/relay.yaml"]' in dockerfile
     assert "COPY docker/relay.yaml /config/relay.yaml" in dockerfile
-    with RelayProcess([], env=env, port=port, command=command):
+    with RelayProcess(["--config", str(ROOT / "docker" / "relay.yaml")], env=env,
+                      command=command) as relay:
         response = httpx.get(
-            f"http://127.0.0.1:{port}/v1/cutout/demo/synthetic/em/1/0:300/0:200/5:9/", timeout=60
+            f"{relay.url}/v1/cutout/demo/synthetic/em/1/0:300/0:200/5:9/", timeout=60
         )
         assert response.status_code == 200
         expected = zarr.open_array(str(demo_dir / "em.ome.zarr" / "1"), mode="r")[5:9, :200, :300]
@@ -82,10 +82,10 @@ def test_tls_serves_https(fixture_sources: list[dict[str, object]], tmp_path: Pa
     text = config.read_text().replace("server:\n", f"server:\n  tls_cert: {cert}\n"
                                                    f"  tls_key: {key}\n", 1)
     config.write_text(text)
-    port = free_port()
-    process = RelayProcess(["--config", str(config)], port=port)
+    process = RelayProcess(["--config", str(config)])
     process.url_scheme = "https"
     with process:
+        port = process.port
         response = httpx.get(f"https://127.0.0.1:{port}/latest/collection/col1/experiment/exp1/"
                              "channel/ch1/", verify=ssl.create_default_context(cafile=cert))
         assert response.status_code == 200 and response.json()["datatype"] == "uint8"
@@ -120,3 +120,22 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
         assert "tls_cert and tls_key go together" in str(exc)
     else:
         raise AssertionError("a lone tls_cert was accepted")
+
+
+def test_port_zero_reports_the_bound_port_and_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    """``--port 0`` binds a port the system chooses and writes it to ``--port-file`` (how the
+    test suite starts relays without a free-port race); asking for a port that is taken ends
+    with one line and status 1."""
+    config = tmp_path / "relay.yaml"
+    config.write_text("cache:\n  disk_dir: null\n")
+    with RelayProcess(["--config", str(config)]) as relay:
+        assert relay.port > 0
+        assert int(relay.port_file.read_text()) == relay.port
+        assert httpx.get(f"{relay.url}/healthz").json() == {"status": "ok"}
+        busy = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(config),
+                               "--port", str(relay.port)],
+                              capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1
+    assert busy.stderr.strip().splitlines()[-1].startswith(
+        f"relay: cannot serve on 127.0.0.1:{relay.port}")
+    assert "Traceback" not in busy.stderr

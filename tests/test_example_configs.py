@@ -3,7 +3,6 @@ chain by configuration alone."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import blosc
@@ -14,7 +13,7 @@ import zarr
 
 from relay.config import load_settings
 
-from .servers import RelayProcess, free_port
+from .servers import RelayProcess
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -26,14 +25,12 @@ def test_shipped_configs_validate(name: str) -> None:
 
 
 def test_laptop_in_front_of_onprem(demo_dir: Path, tmp_path: Path) -> None:
-    lab_port = free_port()
     lab_env = {"RELAY_LAB_DATA": demo_dir.as_uri(), "RELAY_CACHE_DIR": str(tmp_path / "lab"),
-               "RELAY_SERVER__HOST": "127.0.0.1", "RELAY_SERVER__PORT": str(lab_port)}
-    laptop_env = {"RELAY_LAB_URL": f"http://127.0.0.1:{lab_port}",
-                  "RELAY_CACHE_DIR": str(tmp_path / "laptop")}
-    with RelayProcess(["--config", str(CONFIG / "onprem.yaml")], env=lab_env, port=lab_port,
-                      command=[sys.executable, "-m", "relay", "serve"]), \
-         RelayProcess(["--config", str(CONFIG / "laptop.yaml")], env=laptop_env) as laptop:
+               "RELAY_SERVER__HOST": "127.0.0.1"}
+    with RelayProcess(["--config", str(CONFIG / "onprem.yaml")], env=lab_env) as lab, \
+         RelayProcess(["--config", str(CONFIG / "laptop.yaml")],
+                      env={"RELAY_LAB_URL": lab.url,
+                           "RELAY_CACHE_DIR": str(tmp_path / "laptop")}) as laptop:
         channel = httpx.get(f"{laptop.url}/v1/collection/lab/experiment/synthetic/channel/em/")
         assert channel.json()["datatype"] == "uint8"
         response = httpx.get(f"{laptop.url}/v1/cutout/lab/synthetic/em/1/100:400/0:300/10:20/",

@@ -18,7 +18,7 @@ import zarr
 from relay.cache import DiskTier
 from relay.codecs import unpack_cuboid
 
-from ..servers import RelayProcess, free_port
+from ..servers import RelayProcess
 
 #: 256 × 256 × 64 voxels, served as 128 × 128 × 16 cuboids (256 KiB each): 16 cuboids.
 SHAPE_ZYX = (64, 256, 256)
@@ -101,8 +101,5 @@ def check_boss_answer(response: Any) -> None:
 
 def hooked_relay(config: Path, env: dict[str, str], log: Path | None = None) -> RelayProcess:
     """The relay program with ``tests.reliability.hooked_relay``'s disk-write hook."""
-    port = free_port()
-    command = [sys.executable, "-m", "tests.reliability.hooked_relay", "serve", "--port",
-               str(port)]
-    return RelayProcess(["--config", str(config)], env=env, port=port, log=log,
-                        command=command)
+    command = [sys.executable, "-m", "tests.reliability.hooked_relay", "serve"]
+    return RelayProcess(["--config", str(config)], env=env, log=log, command=command)
