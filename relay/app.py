@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -25,18 +26,22 @@ from starlette.routing import BaseRoute, Route
 
 from . import __version__
 from .api import boss, ops, precomputed
-from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware
+from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.routing import served_routes
+from .budget import ByteBudget
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
 from .catalog import Catalog
 from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
+from .hops import ViaMiddleware, new_relay_id
 from .metrics import Metrics
+from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams._http import HttpPool
 from .upstreams.base import ChannelRef, Registry, UpstreamContext, registry
 
-__all__ = ["SETTINGS_ENV", "build_cache", "check_required", "create_app", "from_environment"]
+__all__ = ["SETTINGS_ENV", "build_cache", "check_required", "create_app", "from_environment",
+           "startup_warnings"]
 
 #: Where ``relay serve --workers N`` hands its validated settings to each worker process.
 SETTINGS_ENV = "RELAY_SERVE_SETTINGS_JSON"
@@ -54,7 +59,7 @@ def build_cache(settings: Settings) -> TieredCache | None:
 
 
 def _error(exc: RelayError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status)
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
 async def _relay_error(request: Request, exc: Exception) -> JSONResponse:
@@ -109,6 +114,23 @@ async def check_required(settings: Settings, upstreams: Registry = registry) -> 
     return problems
 
 
+def startup_warnings(settings: Settings) -> list[str]:
+    """What a user should hear about before the relay serves: a source that carries a
+    credential (``token``, or a user and password in its URL) behind ``cors_origins: ["*"]``
+    lets any web page its users open read through that credential."""
+    if "*" not in settings.server.cors_origins:
+        return []
+    lines = []
+    for source in settings.sources:
+        if source.token or urlsplit(source.url).password is not None:
+            names = "/".join((source.collection, source.experiment, source.channel))
+            lines.append(
+                f"source {names} ({source.kind}) sends a credential upstream and "
+                "server.cors_origins is '*': any web page a user of this relay opens can read "
+                "through it; list the viewers' origins in server.cors_origins instead")
+    return lines
+
+
 def from_environment() -> Starlette:
     """The app of one ``--workers`` process, from the settings its parent validated."""
     return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
@@ -141,7 +163,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         cache = build_cache(settings)
         http = HttpPool()
         catalog = Catalog(settings.sources, upstreams, UpstreamContext(http))
@@ -151,8 +173,16 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.metrics = metrics
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))
+        app.state.budget = ByteBudget(int(settings.server.max_inflight_bytes),
+                                      settings.server.inflight_wait_seconds)
+        policy = ConnectionPolicy(
+            header_timeout=settings.server.header_timeout,
+            send_timeout=settings.server.send_timeout,
+            max_connections=settings.server.max_connections or default_max_connections(),
+            metrics=metrics)
+        app.state.connection_policy = policy
         try:
-            yield
+            yield {POLICY_KEY: policy}  # uvicorn hands the lifespan state to each connection
         finally:
             if cache is not None:
                 await cache.aclose()  # lets write-behind land before the process exits
@@ -170,11 +200,15 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     routes.sort(key=lambda route: not isinstance(route, Route)
                 or ("/cutout/" not in route.path and "{chunk}" not in route.path))
     # outermost first: the edge's CORS headers reach every response, 401s and 503s included
-    middleware = [Middleware(EdgeMiddleware, cors_origins=settings.server.cors_origins)]
+    server = settings.server
+    middleware = [Middleware(EdgeMiddleware, cors_origins=server.cors_origins,
+                             hosts=HostFilter(server.allowed_hosts, server.host))]
     if settings.server.tokens:
         middleware.append(Middleware(AuthMiddleware, tokens=settings.server.tokens))
     middleware.append(Middleware(CountingMiddleware, metrics=metrics,
                                  limit=settings.server.max_concurrency))
+    middleware.append(Middleware(ViaMiddleware, relay_id=server.relay_id or new_relay_id(),
+                                 max_hops=server.max_hops))
     app = Starlette(
         routes=routes,
         middleware=middleware,

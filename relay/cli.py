@@ -76,7 +76,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         server["port"] = args.port
     if args.workers is not None:
         server["workers"] = args.workers
-    return with_server(settings, **server) if server else settings
+    if settings.server.relay_id is None:  # chosen here, so every worker process shares it
+        from .hops import new_relay_id
+
+        server["relay_id"] = new_relay_id()
+    return with_server(settings, **server)
 
 
 def _check_cache_dir(settings: Settings) -> str | None:
@@ -109,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import asyncio
 
-    from .app import check_required
+    from .app import check_required, startup_warnings
 
+    for warning in startup_warnings(settings):
+        log.warning("%s", warning)
     problems = [p for p in [_check_cache_dir(settings)] if p]
     problems += asyncio.run(check_required(settings))
     for problem in problems:
@@ -135,6 +141,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _raise_descriptor_limit(settings: Settings) -> None:
+    """Raise the soft limit on open files to the hard one (connections are descriptors; a
+    default soft limit of 1,024 is a few hundred idle clients away from refusing everyone),
+    and say what the relay got. Worker processes inherit it."""
+    import resource
+
+    from .protocol import default_max_connections
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target,
+                        exc)
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = settings.server.max_connections or default_max_connections()
+    log.info("open-file limit %d (was %d); at most %d connections per process "
+             "(server.max_connections)", now, soft, cap)
+
+
 def _write_port(path: Path, port: int) -> None:
     """Write the port whole or not at all: a reader polling for the file never sees half."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
@@ -157,6 +185,7 @@ def _serve(settings: Settings, log_level: str, port_file: Path | None = None) ->
               file=sys.stderr)
         return 1
     port = sock.getsockname()[1]
+    _raise_descriptor_limit(settings)
     log.info(
         "serving %d source(s) on %s://%s:%d with %d worker(s)", len(settings.sources),
         "https" if server_settings.tls_cert else "http", server_settings.host,

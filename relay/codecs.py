@@ -23,14 +23,16 @@ import blosc
 import numpy as np
 from PIL import Image
 
-from .errors import DatatypeMismatch, NotAcceptable, Unsupported4D
+from .errors import DatatypeMismatch, NotAcceptable, RequestTooLarge, Unsupported4D
 
 __all__ = [
     "DTYPES",
     "MediaType",
+    "check_encodable",
     "check_jpeg",
     "decode_blosc",
     "encode",
+    "encoding_bytes",
     "negotiate",
     "pack_cuboid",
     "pack_frame",
@@ -131,6 +133,41 @@ def encode(array: np.ndarray, media: MediaType) -> bytes:
     raise AssertionError(media)  # pragma: no cover - MediaType is closed
 
 
+#: The largest frame python-blosc (Blosc1) compresses; past it, it returns an empty bytes.
+BLOSC_MAX_BYTES = int(blosc.MAX_BUFFERSIZE)
+#: The longest side libjpeg writes (a filmstrip stacks z·y rows).
+JPEG_MAX_SIDE = 65500
+#: What ``blosc.pack_array``'s pickle adds to the voxels (dtype and shape, generously).
+_PICKLE_HEADER = 4096
+
+
+def check_encodable(media: MediaType, dtype: np.dtype[np.generic],
+                    shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is read, an answer the encoding cannot carry (a 4-D shape is a
+    time request): better a 413 now than a 200 with an empty or broken body later."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if media is MediaType.JPEG:
+        check_jpeg(dtype, len(shape) == 4)
+        z, y, x = shape
+        if z * y > JPEG_MAX_SIDE or x > JPEG_MAX_SIDE:
+            raise RequestTooLarge(
+                f"A JPEG filmstrip is at most {JPEG_MAX_SIDE} pixels a side; this one would be "
+                f"{x} wide and {z * y} (z·y) high: ask for fewer slices or another encoding")
+    limit = BLOSC_MAX_BYTES - (_PICKLE_HEADER if media is MediaType.BLOSC_PYTHON else 0)
+    if media in (MediaType.BLOSC, MediaType.BLOSC_PYTHON) and nbytes > limit:
+        raise RequestTooLarge(
+            f"{media.value} carries at most {limit} bytes in one Blosc1 frame; this cutout is "
+            f"{nbytes} bytes: ask for a smaller box, or for application/npygz")
+
+
+def encoding_bytes(media: MediaType, nbytes: int) -> int:
+    """An upper bound of the memory ``encode`` needs for ``nbytes`` of voxels besides the
+    voxels themselves: the body, and any whole copy made on the way (npy bytes before zlib,
+    the pickle before Blosc, the image before JPEG)."""
+    body = nbytes + nbytes // 256 + _PICKLE_HEADER  # Blosc adds 16 bytes, zlib about n/4000
+    return body if media is MediaType.BLOSC else body + nbytes
+
+
 def check_jpeg(dtype: np.dtype[np.generic], time_request: bool) -> None:
     """JPEG filmstrips are uint8 and 3-D only; checked before any data is read."""
     if time_request:
@@ -158,6 +195,8 @@ def _blosc(array: np.ndarray) -> bytes:
     # lz4 at level 5 with byte shuffle: Boss's blosclz/9 costs several times the CPU for a few
     # percent of size; any Blosc1 codec decodes in intern.
     data = np.ascontiguousarray(array)
+    if data.nbytes > BLOSC_MAX_BYTES:  # python-blosc would return b"": never send that
+        raise RequestTooLarge(f"application/blosc carries at most {BLOSC_MAX_BYTES} bytes")
     _threads_for(data.nbytes)
     return bytes(blosc.compress(data, typesize=data.itemsize, clevel=5, cname="lz4"))
 

@@ -57,19 +57,53 @@ class ServerSettings(_Model):
     #: 0: the system chooses a free port (``relay serve --port 0 --port-file F`` reports it)
     port: int = Field(8000, ge=0, le=65535)
     cors_origins: tuple[str, ...] = ("*",)
+    #: Host header names the relay answers to, against DNS rebinding (a web page whose own name
+    #: resolves to this relay). null: the localhost names, the bind address and, when bound to
+    #: every interface, the machine's own names; IP literals are always accepted; ".example.org"
+    #: accepts that domain and its subdomains; "*" accepts any name. /healthz is never checked.
+    allowed_hosts: tuple[str, ...] | None = None
     #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
     #: (or ``Bearer``); otherwise 401
     tokens: tuple[str, ...] | None = None
     #: requests served at once; one more gets 503 BossDB JSON at once instead of queueing
     max_concurrency: int = Field(256, ge=1)
+    #: one memory budget for the cutouts being assembled and the bodies being sent, across all
+    #: requests; a request that does not fit waits up to ``inflight_wait_seconds``, then 503
+    max_inflight_bytes: ByteSize = ByteSize(2**30)
+    inflight_wait_seconds: float = Field(5.0, ge=0)
+    #: the largest answer of a data route (BossDB cutout or precomputed chunk), uncompressed,
+    #: in bytes (the dtype's size counts in full); past it: 413, code 2000
+    max_cutout_bytes: ByteSize = ByteSize(512 * 2**20)
+    #: seconds a connection may take to send a complete request head (slow-loris): then 408
+    header_timeout: float = Field(10.0, gt=0)
+    #: seconds a response may wait for the client to read any of it: then the connection is
+    #: dropped and its body freed (nginx's send_timeout)
+    send_timeout: float = Field(60.0, gt=0)
+    #: open connections per process; one more is refused with 503 at once. null: the
+    #: descriptor limit (raised to its hard limit at start) less a reserve for files and
+    #: upstream connections
+    max_connections: int | None = Field(None, ge=1)
     #: on SIGTERM, seconds to let requests in progress finish before closing them
     shutdown_timeout: int = Field(30, ge=1)
     #: worker processes; they share the disk tier (each has its own memory tier, and requests
     #: for the same cuboid coalesce within a process, not across processes)
     workers: int = Field(1, ge=1, le=64)
+    #: how this relay names itself in the ``Via`` header of its upstream requests (loop
+    #: detection); null: a random id chosen at start, shared by its worker processes
+    relay_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: a request that arrives through this many proxies (``Via`` entries) is refused with 508
+    max_hops: int = Field(10, ge=1, le=100)
     #: PEM certificate and key: serve HTTPS (neuroglancer's boss:// source refuses http hosts)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        # "a,b" as well as a list: the list can then come from one ${VAR} in the file
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

@@ -5,6 +5,8 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
 
     RelayError (500, 9002)
     ├── BadRequest (400, 1005)
+    │   ├── RequestHeadTooLarge (431, 1005)      request line and headers over 64 KiB
+    │   ├── RequestTimeout (408, 1005)           no complete request head within header_timeout
     │   ├── InvalidUrl (400, 1000)               bad time range
     │   ├── InvalidCutoutArgs (400, 1001)        out of frame, start >= stop, bad access-mode
     │   ├── InvalidResolution (400, 1002)        resolution outside the channel's levels
@@ -18,8 +20,11 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     ├── Unauthorized (401, 3004)                 server.tokens is set and the caller has none
     ├── MethodNotAllowed (405, 1006)
     ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
-    ├── RequestTooLarge (413, 2000)              > 520 MiB uncompressed
-    ├── Overloaded (503, 9001)                   server.max_concurrency requests in progress
+    ├── RequestTooLarge (413, 2000)              over server.max_cutout_bytes, or more than the
+    │                                            encoding can carry
+    ├── Overloaded (503, 9001)                   at a limit: requests, connections, bytes in
+    │                                            flight (with Retry-After)
+    ├── LoopDetected (508, 5008)                 the request came round a chain of relays
     ├── UpstreamError (502, 5000)                the upstream failed or sent bad data
     │   ├── UpstreamUnavailable (503, 5001)
     │   └── UpstreamTimeout (504, 5002)
@@ -38,12 +43,14 @@ __all__ = [
     "InvalidCutoutArgs",
     "InvalidResolution",
     "InvalidUrl",
+    "LoopDetected",
     "MethodNotAllowed",
     "NotAcceptable",
     "NotFound",
     "Overloaded",
     "RelayError",
     "RequestHeadTooLarge",
+    "RequestTimeout",
     "RequestTooLarge",
     "ResourceNotFound",
     "TypeError_",
@@ -65,6 +72,8 @@ class RelayError(Exception):
     status: int = 500
     code: int = 9002
     default_message: ClassVar[str] = "Internal error"
+    #: seconds for a ``Retry-After`` header (errors that mean "not now")
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str | None = None) -> None:
         text = message if message is not None else self.default_message
@@ -75,6 +84,9 @@ class RelayError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "code": self.code, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class BadRequest(RelayError):
@@ -143,6 +155,11 @@ class RequestHeadTooLarge(BadRequest):
     default_message = "Request line and headers are too large"
 
 
+class RequestTimeout(BadRequest):
+    status = 408
+    default_message = "The request head did not arrive in time"
+
+
 class NotAcceptable(RelayError):
     status = 406
     code = 1006
@@ -158,6 +175,13 @@ class Overloaded(RelayError):
     status = 503
     code = 9001
     default_message = "The relay is at its concurrency limit; retry shortly"
+    retry_after = 1
+
+
+class LoopDetected(RelayError):
+    status = 508
+    code = 5008
+    default_message = "Request loop detected"
 
 
 class UpstreamError(RelayError):

@@ -2,8 +2,10 @@
 
 The work runs in its own task; callers await it through ``asyncio.shield``, so a caller that is
 cancelled (its client disconnected) stops waiting without cancelling the work the others still
-wait for. If the work fails, every waiter gets the same exception and the key is free again, so
-the next call starts afresh: failures are never remembered.
+wait for. When the last caller leaves before the work is done, nobody wants its result any
+more: the work is cancelled too (a client that hangs up does not leave a trail of upstream
+reads behind it). If the work fails, every waiter gets the same exception and the key is free
+again, so the next call starts afresh: failures are never remembered.
 """
 
 from __future__ import annotations
@@ -19,22 +21,41 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class _Flight(Generic[V]):
+    __slots__ = ("abandoned", "task", "waiters")
+
+    def __init__(self, task: asyncio.Task[V]) -> None:
+        self.task = task
+        self.waiters = 0
+        self.abandoned = False  # cancelled for want of callers: a new caller starts afresh
+
+
 class SingleFlight(Generic[K, V]):
     def __init__(self) -> None:
-        self._flights: dict[K, asyncio.Task[V]] = {}
+        self._flights: dict[K, _Flight[V]] = {}
         self.started = 0  # how many computations ran (for tests and /metrics)
+        self.abandoned = 0  # how many were cancelled because every caller left
 
     async def do(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
-        task = self._flights.get(key)
-        if task is None:
+        flight = self._flights.get(key)
+        if flight is None or flight.abandoned:
             task = asyncio.ensure_future(work())
             self.started += 1
-            self._flights[key] = task
+            flight = self._flights[key] = _Flight(task)
             task.add_done_callback(functools.partial(self._forget, key))
-        return await asyncio.shield(task)
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                self.abandoned += 1
+                flight.abandoned = True
+                flight.task.cancel()
 
     def _forget(self, key: K, done: asyncio.Task[V]) -> None:
-        if self._flights.get(key) is done:
+        flight = self._flights.get(key)
+        if flight is not None and flight.task is done:
             del self._flights[key]
         if not done.cancelled():
             done.exception()  # mark retrieved: nobody may be waiting any more

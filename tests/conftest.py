@@ -34,7 +34,8 @@ def make_settings(sources: list[dict[str, Any]], cache_dir: Path | None,
 def client(fixture_sources: list[dict[str, Any]], tmp_path: Path) -> Iterator[TestClient]:
     """A relay on the fixture, with a fresh memory and disk cache."""
     app = create_app(make_settings(fixture_sources, tmp_path / "cache"))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False,
+                    base_url="http://localhost") as test_client:
         yield test_client
 
 

@@ -62,6 +62,7 @@ class FaultServer:
         self.authorizations: list[str | None] = []
         self.targets: list[str] = []  # every request target (path and query) received
         self.cookies: list[str | None] = []  # the Cookie header of every request
+        self.vias: list[str | None] = []  # the Via header of every request
         self.set_cookie = False  # when True, every answer sets a session cookie
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
@@ -93,6 +94,7 @@ class FaultServer:
             target = request_line.split(" ")[1]
             self.targets.append(target)
             self.cookies.append(headers.get("cookie"))
+            self.vias.append(headers.get("via"))
             path = target.split("?")[0]
             await self._answer(path, headers.get("authorization"), writer)
         except (ConnectionError, IndexError):

@@ -125,19 +125,24 @@ class RelayProcess:
 
 
 class ThreadedServer:
-    """An ASGI app served by uvicorn in a background thread on a free loopback port: a real
-    socket and a real HTTP stack, without a subprocess's start-up time."""
+    """An ASGI app served by uvicorn in a background thread on loopback: a real socket and a
+    real HTTP stack, without a subprocess's start-up time. The socket is bound at construction
+    (port 0: no free-port race), so ``url`` is known before the server starts: two servers can
+    be configured with each other's address."""
 
     def __init__(self, app: Any) -> None:
         import threading
 
         import uvicorn
 
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -155,6 +160,7 @@ class ThreadedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()
 
 
 class StaticFileServer:

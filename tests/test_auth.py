@@ -43,7 +43,8 @@ def _settings(sources: list[dict[str, Any]], tokens: list[str] | None = None) ->
 
 @pytest.fixture
 def guarded(fixture_sources: list[dict[str, Any]]) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(fixture_sources, [GOOD, OTHER]))) as client:
+    with TestClient(create_app(_settings(fixture_sources, [GOOD, OTHER])),
+                    base_url="http://localhost") as client:
         yield client
 
 
@@ -87,7 +88,7 @@ def test_forwarded_tokens_never_share_cached_entries(fixture_sources: list[dict[
             cache={"disk_dir": tmp_path / "cache"},
         )
         url = "/v1/cutout/col1/exp1/ch1/0/0:100/0:50/0:10/"
-        with TestClient(create_app(front)) as client:
+        with TestClient(create_app(front), base_url="http://localhost") as client:
             ok = client.get(url, headers={"Authorization": f"Token {GOOD}"})
             assert ok.status_code == 200
             data = np.frombuffer(blosc.decompress(ok.content), np.uint8).reshape(10, 50, 100)

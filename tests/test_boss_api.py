@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from relay.api.boss import CUTOUT_MAX_BYTES, cutout_nbytes
+from relay.api.boss import cutout_nbytes
 from relay.geometry import Box
 
 from .volumes import FRAME_XYZ, truth
@@ -241,12 +241,14 @@ def test_19_resolutions(client: TestClient) -> None:
 
 
 def test_20_size_limit(client: TestClient) -> None:
-    assert_boss_error(client.get("/v1/cutout/col1/big/empty/0/0:2048/0:2048/0:131/"), 413, 2000)
+    """The default server.max_cutout_bytes is 512 MiB, every byte of the dtype counted."""
+    assert_boss_error(client.get("/v1/cutout/col1/big/empty/0/0:2048/0:2048/0:129/"), 413, 2000)
+    limit = 512 * 2**20
     u8, u64 = np.dtype("uint8"), np.dtype("uint64")
-    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 130)), 1, u8) == CUTOUT_MAX_BYTES
-    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 131)), 1, u8) > CUTOUT_MAX_BYTES
-    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 65)), 1, u64) <= CUTOUT_MAX_BYTES
-    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 66)), 1, u64) > CUTOUT_MAX_BYTES
+    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 128)), 1, u8) == limit
+    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 129)), 1, u8) > limit
+    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 16)), 1, u64) == limit
+    assert cutout_nbytes(Box.of((0, 0, 0), (2048, 2048, 17)), 1, u64) > limit
     assert upstream_reads(client) == 0  # refused before anything was read or allocated
 
 

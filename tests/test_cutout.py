@@ -297,7 +297,7 @@ def test_requests_past_the_concurrency_limit_get_503_json() -> None:
     settings = Settings(sources=[source.model_copy(update={"kind": "gated"})],
                         cache={"disk_dir": None},
                         server={"max_concurrency": 2})
-    with TestClient(create_app(settings, registry)) as client, \
+    with TestClient(create_app(settings, registry), base_url="http://localhost") as client, \
             concurrent.futures.ThreadPoolExecutor(2) as pool:
         held = [pool.submit(client.get, f"/v1/cutout/c/e/ch/0/{x}:{x + 16}/0:16/0:8/")
                 for x in (0, 16)]

@@ -81,3 +81,38 @@ async def test_different_keys_run_separately() -> None:
     got = await asyncio.gather(*(flights.do(k, functools.partial(work, k)) for k in "abc"))
     assert got == ["a", "b", "c"]
     assert flights.started == 3
+
+
+async def test_when_every_waiter_leaves_the_work_is_cancelled() -> None:
+    """A client that hangs up leaves no upstream read behind, unless somebody else still
+    waits for it; a caller arriving after the work was abandoned starts it afresh."""
+    flights: SingleFlight[str, int] = SingleFlight()
+    gate = asyncio.Event()
+    cancelled = asyncio.Event()
+    runs = 0
+
+    async def work() -> int:
+        nonlocal runs
+        runs += 1
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return runs
+
+    first = asyncio.create_task(flights.do("k", work))
+    second = asyncio.create_task(flights.do("k", work))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert not cancelled.is_set()  # the second caller still waits for it
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    await asyncio.wait_for(cancelled.wait(), 5)
+    assert flights.abandoned == 1
+    third = asyncio.create_task(flights.do("k", work))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await third == 2  # a new computation, not the cancelled one's CancelledError
+    assert len(flights) == 0

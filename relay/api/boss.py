@@ -17,8 +17,9 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from .. import metadata
+from ..budget import ByteBudget
 from ..catalog import Channel
-from ..codecs import MediaType, check_jpeg, encode, negotiate
+from ..codecs import MediaType, check_encodable, encode, encoding_bytes, negotiate
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import (
     DatatypeNotSupported,
@@ -33,16 +34,15 @@ from ..errors import (
 )
 from ..geometry import Box, Vec3
 from .common import caller_token, catalog_of, channel_for, check_names, show, stale_headers
+from .responses import BodyResponse
 from .routing import add_route
 
-__all__ = ["CUTOUT_MAX_BYTES", "cutout_nbytes", "router"]
+__all__ = ["check_size", "cutout_nbytes", "router"]
 
-#: BossDB's CUTOUT_MAX_SIZE: 520 MiB uncompressed.
-CUTOUT_MAX_BYTES = 520 * 2**20
-
-_RANGE = re.compile(r"(\d{1,10}):(\d{1,10})")
-_RESOLUTION = re.compile(r"\d")
-_ID = re.compile(r"\d{1,20}")
+# ASCII digits only: \d also matches other scripts' digits, which int() then accepts
+_RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
+_RESOLUTION = re.compile(r"[0-9]")
+_ID = re.compile(r"[0-9]{1,20}")
 _ENCODE_IN_THREAD_BYTES = 1 << 20
 
 router = APIRouter()
@@ -164,21 +164,19 @@ _route("/ping/", ping)
 # --- cutouts --------------------------------------------------------------------------------
 
 
-class StoredFrameResponse(Response):
-    """A response whose body is a view into a cached value: the server writes it to the socket
-    as it is, without first copying megabytes into a new bytes object."""
-
-    def __init__(self, frame: memoryview, media_type: str) -> None:
-        super().__init__(content=b"", media_type=media_type)
-        self.body = frame  # uvicorn writes any bytes-like body to the transport
-        self.headers["content-length"] = str(frame.nbytes)
-
-
 def cutout_nbytes(box: Box, times: int, dtype: np.dtype[Any]) -> int:
-    """BossDB's size rule (``parsers.is_too_large``), quirk included: 64-bit data counts a
-    quarter of its bytes, so the same requests pass here as at BossDB."""
-    nbytes = box.voxels * times * dtype.itemsize
-    return nbytes // 4 if dtype.itemsize == 8 else nbytes
+    """The uncompressed size of a cutout, every byte of the dtype counted (BossDB counts a
+    quarter of a 64-bit cutout's bytes, which let a 2 GiB uint64 answer through its limit)."""
+    return box.voxels * times * dtype.itemsize
+
+
+def check_size(request: Request, nbytes: int) -> None:
+    """413 (code 2000) past ``server.max_cutout_bytes``, before anything is read."""
+    limit = int(request.app.state.settings.server.max_cutout_bytes)
+    if nbytes > limit:
+        raise RequestTooLarge(
+            f"Cutout request is over {limit // 2**20} MiB when uncompressed ({nbytes} bytes; "
+            "server.max_cutout_bytes). Reduce cutout dimensions.")
 
 
 def _range(text: str, what: str) -> tuple[int, int]:
@@ -262,30 +260,46 @@ async def cutout(
                 "time samples"
             )
         times = range(t0, t1)
-    if media is MediaType.JPEG:
-        check_jpeg(info.dtype, times is not None)
     ids = _filter_ids(request, chan)
-    if cutout_nbytes(box, len(times) if times else 1, info.dtype) > CUTOUT_MAX_BYTES:
-        raise RequestTooLarge()
+    ntimes = len(times) if times is not None else 1
+    nbytes = cutout_nbytes(box, ntimes, info.dtype)
+    check_size(request, nbytes)
+    check_encodable(media, info.dtype, ((ntimes,) if times is not None else ()) + box.shape_zyx)
+    # the peak: the assembled voxels, the filter's mask and copy, the encoding's copies and body
+    peak = nbytes + encoding_bytes(media, nbytes)
+    if ids is not None:
+        peak += nbytes + box.voxels * ntimes
+    budget: ByteBudget = request.app.state.budget
+    reservation = await budget.reserve(peak)
+    try:
+        body, headers = await _cutout_body(request, chan, res, box, times, media, ids)
+        reservation.shrink(len(body))
+    except BaseException:
+        reservation.release()
+        raise
+    return BodyResponse(body, media.value, reservation, headers)
+
+
+async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
+                       times: range | None, media: MediaType, ids: np.ndarray | None
+                       ) -> tuple[bytes | memoryview, dict[str, str]]:
     service: CutoutService = request.app.state.cutouts
     cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
                            token=caller_token(request))
     plain_blosc = media is MediaType.BLOSC and ids is None
     if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
-        return StoredFrameResponse(stored, media.value)
+        return stored, {}
     result = await service.read_cutout(cutout)
     data, headers = result.data, stale_headers(result)
     # a cold read of exactly one cuboid has just packed it: send that frame rather than
     # compressing the same voxels a second time
     if plain_blosc and not headers and (stored := await service.cached_blosc(cutout)) is not None:
-        return StoredFrameResponse(stored, media.value)
+        return stored, {}
     if ids is not None:
-        data = np.where(np.isin(data, ids), data, 0).astype(info.dtype, copy=False)
+        data = np.where(np.isin(data, ids), data, 0).astype(chan.info.dtype, copy=False)
     if data.nbytes >= _ENCODE_IN_THREAD_BYTES:
-        body = await asyncio.to_thread(encode, data, media)
-    else:
-        body = encode(data, media)
-    return Response(content=body, media_type=media.value, headers=headers)
+        return await asyncio.to_thread(encode, data, media), headers
+    return encode(data, media), headers
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"

@@ -1,38 +1,105 @@
-"""The HTTP edge, as one small ASGI middleware: slash merging, CORS and OPTIONS preflight.
+"""The HTTP edge, as one small ASGI middleware: Host check, slash merging, CORS, OPTIONS
+preflight, and TRACE refused.
 
+- A request whose ``Host`` is not one the relay answers to gets 400 BossDB JSON
+  (``server.allowed_hosts``; see ``HostFilter``): a web page on another name that resolves to
+  the relay (DNS rebinding) cannot read through it, nor through the credentials of its sources.
 - ``//`` in a path is merged to ``/`` (as nginx's ``merge_slashes`` does in front of BossDB):
   intern lists collections with ``GET /v1/collection//``.
 - Every response carries CORS headers, with or without an ``Origin`` request header: neuroglancer
   runs in a browser, and BossDB allows all origins. Starlette's CORSMiddleware only answers
   requests that carry ``Origin``, so it is not used here.
 - ``OPTIONS`` on any path is a preflight and is answered here with 204.
+- ``TRACE`` (and ``TRACK``) on any path is 405: the relay never echoes a request back.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterable, Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Overloaded, Unauthorized
+from ..errors import BadRequest, MethodNotAllowed, Overloaded, RelayError, Unauthorized
 from ..metrics import Metrics
 
-__all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware"]
+__all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
 
 _SLASHES = re.compile(r"/{2,}")
 _ALLOW_METHODS = "GET, HEAD, OPTIONS"
 _DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Cache-Control"
 
 
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+_REFUSED_METHODS = frozenset({"TRACE", "TRACK"})
+#: paths answered whatever the Host: a container's or a load balancer's health probe
+_ANY_HOST_PATHS = frozenset({"/healthz"})
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostFilter:
+    """Which ``Host`` header names the relay answers to.
+
+    An IP literal is always accepted: DNS rebinding needs a name the attacker controls, and a
+    page loaded from an address is that address's own origin. Names are compared without port,
+    case or a trailing dot.
+    """
+
+    def __init__(self, allowed: Iterable[str] | None, bind_host: str) -> None:
+        names = list(allowed) if allowed is not None else self.defaults(bind_host)
+        self.any = "*" in names
+        self.names = frozenset(n.lower().rstrip(".") for n in names if not n.startswith("."))
+        self.domains = tuple(n.lower().rstrip(".") for n in names if n.startswith("."))
+
+    @staticmethod
+    def defaults(bind_host: str) -> list[str]:
+        names = [*_LOCAL_NAMES, bind_host]
+        if bind_host in _WILDCARD_BINDS:  # every interface: the machine's own names too
+            names += [socket.gethostname(), socket.getfqdn()]
+        return names
+
+    def allows(self, host_header: str | None) -> bool:
+        if self.any or host_header is None:  # no Host at all cannot come from a browser
+            return True
+        name = _host_name(host_header)
+        return (_is_ip(name) or name in self.names
+                or any(name == d[1:] or name.endswith(d) for d in self.domains))
+
+
+def _host_name(host_header: str) -> str:
+    """``name`` of ``name:port``, ``[v6]:port`` or a bare name, lower case, no trailing dot."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+async def _refuse(error: RelayError, scope: Scope, receive: Receive, send: Send) -> None:
+    await JSONResponse(error.to_json(), status_code=error.status)(scope, receive, send)
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, cors_origins: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, cors_origins: Sequence[str],
+                 hosts: HostFilter | None = None) -> None:
         self.app = app
         self.any_origin = "*" in cors_origins
         self.origins = frozenset(cors_origins)
+        self.hosts = hosts or HostFilter(["*"], "")
 
     def _cors(self, request_headers: Headers) -> list[tuple[str, str]]:
         if self.any_origin:
@@ -51,6 +118,17 @@ class EdgeMiddleware:
         if "//" in path:
             scope = dict(scope, path=_SLASHES.sub("/", path))
         request_headers = Headers(scope=scope)
+        if not self.hosts.any and path not in _ANY_HOST_PATHS:
+            host = request_headers.get("host")
+            if not self.hosts.allows(host):
+                await _refuse(BadRequest(
+                    f"Host {_host_name(host or '')[:100]!r} is not a name this relay answers "
+                    "to; add it to server.allowed_hosts"), scope, receive, send)
+                return
+        if scope["method"] in _REFUSED_METHODS:
+            await _refuse(MethodNotAllowed(f"{scope['method']} is not served"), scope, receive,
+                          send)
+            return
         cors = self._cors(request_headers)
         if scope["method"] == "OPTIONS":
             allow_headers = request_headers.get(
@@ -136,7 +214,7 @@ class CountingMiddleware:
             self.metrics.inc("requests_refused_total")
             error = Overloaded()
             response = JSONResponse(error.to_json(), status_code=error.status,
-                                    headers={"Retry-After": "1"})
+                                    headers=error.headers())
             await response(scope, receive, send)
             return
         self.in_progress += 1

@@ -18,21 +18,27 @@ import gzip
 import re
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from ..budget import ByteBudget
 from ..catalog import Channel
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
+from .boss import check_size
 from .common import caller_token, channel_for, stale_headers
+from .responses import BodyResponse
 from .routing import add_route
 
 __all__ = ["info_json", "router"]
 
 router = APIRouter()
 
-_CHUNK = re.compile(r"(\d{1,10})-(\d{1,10})_(\d{1,10})-(\d{1,10})_(\d{1,10})-(\d{1,10})")
-_KEY = re.compile(r"\d{1,2}")
+# ASCII digits only: \d also takes other scripts' digits, which int() would then accept
+_N = "([0-9]{1,10})"
+_CHUNK = re.compile(f"{_N}-{_N}_{_N}-{_N}_{_N}-{_N}")
+_KEY = re.compile(r"[0-9]{1,2}")
 _NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 _GZIP_IN_THREAD_BYTES = 256 * 1024
 
@@ -76,22 +82,34 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
     if box.is_empty() or not chan.info.levels[level].bounds.contains(box):
         raise NotFound(f"Chunk {chunk} lies outside scale {key}")
     headers = {"Content-Type": "application/octet-stream"}
+    nbytes = box.voxels * chan.info.dtype.itemsize
+    check_size(request, nbytes)
     if request.method == "HEAD":
-        headers["Content-Length"] = str(box.voxels * chan.info.dtype.itemsize)
+        headers["Content-Length"] = str(nbytes)
         return Response(headers=headers)
-    service: CutoutService = request.app.state.cutouts
-    result = await service.read_cutout(CutoutRequest(chan, level, box,
-                                                     token=caller_token(request)))
-    headers.update(stale_headers(result))
-    body = result.data.tobytes()  # C-order (z, y, x) bytes are precomputed's x-fastest raw layout
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
-        if len(body) >= _GZIP_IN_THREAD_BYTES:
-            body = await asyncio.to_thread(gzip.compress, body, 1)
-        else:
-            body = gzip.compress(body, 1)
-        headers["Content-Encoding"] = "gzip"
-        headers["Vary"] = "Accept-Encoding"
-    return Response(content=body, headers=headers)
+    gzipped = "gzip" in request.headers.get("accept-encoding", "").lower()
+    # the peak: the voxels, and a gzip body no larger than them (plus its framing)
+    budget: ByteBudget = request.app.state.budget
+    reservation = await budget.reserve(nbytes * 2 + 4096 if gzipped else nbytes)
+    try:
+        service: CutoutService = request.app.state.cutouts
+        result = await service.read_cutout(CutoutRequest(chan, level, box,
+                                                         token=caller_token(request)))
+        headers.update(stale_headers(result))
+        # C-order (z, y, x) bytes are precomputed's x-fastest raw layout: sent as they are
+        body: bytes | memoryview = np.ascontiguousarray(result.data).data.cast("B")
+        if gzipped:
+            if nbytes >= _GZIP_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(gzip.compress, body, 1)
+            else:
+                body = gzip.compress(body, 1)
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+            reservation.shrink(len(body))
+    except BaseException:
+        reservation.release()
+        raise
+    return BodyResponse(body, "application/octet-stream", reservation, headers)
 
 
 _BASE = "/precomputed/{collection}/{experiment}/{channel}"

@@ -43,6 +43,7 @@ from yarl import URL
 
 from .. import __version__
 from ..errors import RelayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..hops import outgoing_via
 
 __all__ = ["HttpPool", "HttpSettings", "PassThroughError", "Reply", "boss_error_or", "describe",
            "json_body"]
@@ -198,6 +199,8 @@ class HttpPool:
         if target.user is not None and headers and any(
                 name.lower() == "authorization" for name in headers):
             target = target.with_user(None)  # a token given explicitly wins over URL credentials
+        if (via := outgoing_via.get()) is not None:  # loop detection down a chain (relay.hops)
+            headers = {**(headers or {}), "Via": via}
         session = self._session(target, settings)
 
         async def attempt() -> Reply:
@@ -228,6 +231,8 @@ class HttpPool:
                 raise _Retryable(_status_error(response, where), _retry_after(response))
             if 400 <= response.status < 500:
                 raise on_client_error(response)
+            if response.status == 508:  # a loop further down the chain: its message names it
+                raise boss_error_or(response, lambda r: _status_error(r, where))
             if not 200 <= response.status < 300:
                 raise UpstreamError(f"{where} failed ({response.status})")
             return response

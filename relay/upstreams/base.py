@@ -125,10 +125,24 @@ class Upstream(ABC):
         return HttpSettings(connect=src.connect_timeout, read=src.read_timeout, total=src.timeout,
                             retries=src.retries)
 
+    #: Source options that change the bytes a read returns or what they mean: part of the
+    #: identity, so changing any of them (and restarting on the same disk) never serves bytes
+    #: cached under the old value.
+    BYTE_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "channel_index", "axes", "fill_missing", "type", "voxel_size", "voxel_unit", "instance",
+    )
+
     @property
     def identity(self) -> str:
         """What makes this store's bytes this store's: part of every cache key."""
-        return f"{self.kind}:{self.source.url}:{self.source.channel_index}"
+        options = ",".join(f"{name}={getattr(self.source, name)!r}"
+                           for name in self.BYTE_OPTIONS)
+        return f"{self.kind}:{self.store_identity}:{options}"
+
+    @property
+    def store_identity(self) -> str:
+        """The store itself (its URL; kinds with versions add the version read)."""
+        return self.source.url
 
     @property
     def identity_digest(self) -> str:

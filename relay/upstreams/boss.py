@@ -49,15 +49,15 @@ class BossUpstream(Upstream):
 
     def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
         super().__init__(source, context)
-        self._base = source.url.rstrip("/")
+        self._base: str = source.url.rstrip("/")
         self._where = describe(self._base, "upstream")  # credentials in the URL stay out
         # (path, credential digest) → (expiry, JSON); bounded, since forwarded tokens make
         # one set of entries per caller
         self._metadata: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
 
     @property
-    def identity(self) -> str:
-        return f"boss:{self._base}"
+    def store_identity(self) -> str:
+        return self._base
 
     def authorization(self, caller: str | None) -> str | None:
         if self.source.forward_client_token:

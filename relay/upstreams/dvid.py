@@ -74,9 +74,9 @@ class DvidUpstream(Upstream):
         self._opened: dict[str, _Opened] = {}
 
     @property
-    def identity(self) -> str:
+    def store_identity(self) -> str:
         nodes = sorted({o.node for o in self._opened.values()})
-        return f"dvid:{self._base}:{','.join(nodes) or self.source.uuid}"
+        return f"{self._base}:{','.join(nodes) or self.source.uuid}"
 
     def _instance_name(self, ref: ChannelRef) -> str:
         return self.source.instance or ref.channel

@@ -90,7 +90,8 @@ def hostile(fixture_sources: list[dict[str, Any]],
 def _raw_get(port: int, path: str) -> bytes:
     """Send the path byte for byte: HTTP clients would normalise away the dot segments."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
         raw = b""
         while chunk := sock.recv(65536):
             raw += chunk

@@ -71,7 +71,8 @@ def test_a_source_pointed_at_another_store_never_serves_the_old_bytes(tmp_path: 
         sources = [{"collection": "c", "experiment": "e", "channel": "ch", "kind": "zarr",
                     "url": str(store)}]
         # the same names and the same disk cache directory, a different store
-        with TestClient(create_app(make_settings(sources, tmp_path / "cache"))) as client:
+        with TestClient(create_app(make_settings(sources, tmp_path / "cache")),
+                        base_url="http://localhost") as client:
             np.testing.assert_array_equal(decode(client.get(url).content, (8, 64, 64)), data)
 
 
@@ -122,7 +123,7 @@ def test_a_thousand_aborted_requests_leak_no_tasks_or_descriptors(
         for i in range(1000):
             with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
                 box = f"/v1/cutout/col1/exp1/ch1/0/{i % 900}:{i % 900 + 100}/0:1000/0:40/"
-                sock.sendall(f"GET {box} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sock.sendall(f"GET {box} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
                 # close without reading: the relay's answer goes to a closed socket
         response = httpx.get(relay.url + url, timeout=60)  # the relay is still well
         assert response.status_code == 200

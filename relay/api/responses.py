@@ -1,0 +1,46 @@
+"""The response of the data routes: a body held against the in-flight budget until it is sent.
+
+The body goes to the server in slices, each sent only once the connection has taken the one
+before (the server's flow control), so a slow reader holds this body and not a second copy in
+the transport's buffer; its reservation (``relay.budget``) is given back when the last byte has
+been handed over, or when the client is gone. A body may be a view into a cached value: it is
+sent as it is, without a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..budget import Reservation
+
+__all__ = ["BodyResponse"]
+
+#: Bytes per ``http.response.body`` message.
+SLICE = 1 << 20
+
+
+class BodyResponse(Response):
+    def __init__(self, body: bytes | memoryview, media_type: str,
+                 reservation: Reservation | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(content=b"", media_type=media_type, headers=headers)
+        self.payload = memoryview(body).cast("B")
+        self.headers["content-length"] = str(self.payload.nbytes)
+        self.reservation = reservation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            payload = b"" if scope["method"] == "HEAD" else self.payload
+            for start in range(0, len(payload), SLICE):
+                await send({"type": "http.response.body", "body": payload[start:start + SLICE],
+                            "more_body": True})
+            # the server waits for the connection to drain before taking the last message
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if self.reservation is not None:
+                self.reservation.release()
