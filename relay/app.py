@@ -174,7 +174,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))
         app.state.budget = ByteBudget(int(settings.server.max_inflight_bytes),
-                                      settings.server.inflight_wait_seconds)
+                                      settings.server.inflight_wait_seconds, metrics)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,
             send_timeout=settings.server.send_timeout,

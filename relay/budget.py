@@ -17,6 +17,7 @@ import logging
 from collections import deque
 
 from .errors import Overloaded
+from .metrics import Metrics
 
 __all__ = ["ByteBudget", "Reservation"]
 
@@ -44,11 +45,11 @@ class Reservation:
 
 
 class ByteBudget:
-    def __init__(self, total: int, wait: float) -> None:
+    def __init__(self, total: int, wait: float, metrics: Metrics | None = None) -> None:
         self.total = total
         self.wait = wait
         self.used = 0
-        self.refused = 0  # requests turned away (counted in /metrics)
+        self.metrics = metrics or Metrics()
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._overloaded = False  # logged once per episode, not once per refusal
 
@@ -80,7 +81,7 @@ class ByteBudget:
             return
         self._waiters.remove(entry)
         self._wake()  # a large request leaving the head may let smaller ones in
-        self.refused += 1
+        self.metrics.inc("inflight_refused_total")
         if not self._overloaded:
             self._overloaded = True
             log.warning("responses in flight hold %d of %d bytes (server.max_inflight_bytes); "

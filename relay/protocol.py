@@ -65,6 +65,7 @@ class ConnectionPolicy:
     send_timeout: float = 60.0
     max_connections: int = field(default_factory=default_max_connections)
     metrics: Metrics = field(default_factory=Metrics)
+    open: int = 0  # connections open now (a gauge in /metrics)
     _overloaded: bool = False
 
     def overload(self) -> None:
@@ -107,6 +108,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.policy.open += 1
         if len(self.connections) > self.policy.max_connections:
             self.policy.overload()
             self._refuse(Overloaded("The relay is at its connection limit "
@@ -126,6 +128,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 timer.cancel()
         self._head_timer = self._send_timer = None
         super().connection_lost(exc)
+        self.policy.open -= 1
         self.policy.recovered(len(self.connections))
 
     async def _run_cancellable(self, app: Any, scope: Any, receive: Any, send: Any) -> None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ def free_port() -> int:
 
 
 def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | None,
-                 **cache: Any) -> Path:
+                 server: dict[str, Any] | None = None, **cache: Any) -> Path:
     config = {
-        "server": {"host": "127.0.0.1"},
+        "server": {"host": "127.0.0.1", **(server or {})},
         "cache": {"disk_dir": str(cache_dir) if cache_dir else None, **cache},
         "sources": sources,
     }
@@ -42,8 +42,10 @@ class RelayProcess:
     it."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 log: Path | None = None, command: list[str] | None = None) -> None:
-        """``command`` replaces ``python -m relay serve`` (the port flags are appended)."""
+                 log: Path | None = None, command: list[str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
+        """``command`` replaces ``python -m relay serve`` (the port flags are appended);
+        ``preexec`` runs in the child before the program (e.g. to lower a resource limit)."""
         import tempfile
 
         self.port_file = Path(tempfile.mkdtemp(prefix="relay-port-")) / "port"
@@ -51,6 +53,7 @@ class RelayProcess:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.log = log
+        self.preexec = preexec
         self.url_scheme = "http"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -72,10 +75,11 @@ class RelayProcess:
         if self.log is not None:
             with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
                 self.process = subprocess.Popen(argv, env=self.env, stdout=out,
-                                                stderr=subprocess.STDOUT)
+                                                stderr=subprocess.STDOUT,
+                                                preexec_fn=self.preexec)
         else:
             self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, preexec_fn=self.preexec)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -130,7 +134,9 @@ class ThreadedServer:
     (port 0: no free-port race), so ``url`` is known before the server starts: two servers can
     be configured with each other's address."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
+        """``options`` go to ``uvicorn.Config`` (e.g. ``http=BoundedHttpToolsProtocol``, the
+        protocol ``relay serve`` runs)."""
         import threading
 
         import uvicorn
@@ -139,7 +145,7 @@ class ThreadedServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
         self.port = int(self.socket.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
                                        daemon=True)

@@ -18,9 +18,15 @@ router = APIRouter()
 def _gauges(request: Request) -> dict[str, int]:
     state = request.app.state
     cutouts = state.cutouts
+    budget, policy = state.budget, state.connection_policy
     gauges: dict[str, int] = {"inflight_cuboid_fetches": len(cutouts.flights),
                               "decoded_bytes": cutouts.decoded.bytes,
-                              "decoded_entries": len(cutouts.decoded)}
+                              "decoded_entries": len(cutouts.decoded),
+                              "inflight_bytes": budget.used,
+                              "inflight_budget_bytes": budget.total,
+                              "inflight_waiting": budget.waiting,
+                              "connections_open": policy.open,
+                              "connections_max": policy.max_connections}
     cache = state.cache
     if cache is not None:
         gauges["cache_pending_writes"] = cache.pending_writes
