@@ -43,15 +43,15 @@ def _answers(socks: list[socket.socket], deadline: float) -> list[bytes]:
         open_count = len(socks)
         while open_count and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    chunk = sock.recv(65536)
+                    chunk = ready.recv(65536)
                 except ConnectionResetError:
                     chunk = b""
-                received[sock] += chunk
+                received[ready] += chunk
                 if not chunk:
-                    selector.unregister(sock)
+                    selector.unregister(ready)
                     open_count -= 1
     return [received[sock] for sock in socks]
 
