@@ -28,6 +28,7 @@ from .errors import DatatypeMismatch, NotAcceptable, RequestTooLarge, Unsupporte
 __all__ = [
     "DTYPES",
     "MediaType",
+    "blosc_sizes",
     "check_encodable",
     "check_jpeg",
     "decode_blosc",
@@ -176,15 +177,37 @@ def check_jpeg(dtype: np.dtype[np.generic], time_request: bool) -> None:
         raise DatatypeMismatch("The cutout service JPEG interface only supports uint8 image data")
 
 
+#: A Blosc1 frame's header: version, versionlz, flags, typesize, then nbytes (the decoded
+#: size), blocksize and cbytes (the frame's own size), uint32 little-endian each.
+_BLOSC_HEADER = struct.Struct("<BBBBIII")
+
+
+def blosc_sizes(frame: bytes | memoryview) -> tuple[int, int] | None:
+    """(decoded size, frame size) from a Blosc1 header, or None if ``frame`` has none."""
+    if len(frame) < _BLOSC_HEADER.size:
+        return None
+    _version, _lz, _flags, _typesize, nbytes, _blocksize, cbytes = _BLOSC_HEADER.unpack_from(
+        frame)
+    return nbytes, cbytes
+
+
 def decode_blosc(body: bytes, dtype: np.dtype[np.generic], shape: tuple[int, ...]) -> np.ndarray:
     """A Blosc1 frame of C-order voxels, checked for exactly the bytes ``shape`` needs;
-    ValueError on anything else (an HTML page, a short body, the wrong dtype's length)."""
+    ValueError on anything else (an HTML page, a short body, the wrong dtype's length). The
+    header is checked before anything is decompressed: a small frame that claims 2 GiB is
+    refused, not inflated."""
+    expected = int(np.prod(shape)) * dtype.itemsize
+    sizes = blosc_sizes(body)
+    if sizes is None:
+        raise ValueError("not a Blosc frame (too short)")
+    if sizes != (expected, len(body)):
+        raise ValueError(f"a Blosc frame of {sizes[1]} bytes holding {sizes[0]} where "
+                         f"{len(body)} bytes holding {expected} were expected")
     try:
-        _threads_for(int(np.prod(shape)) * dtype.itemsize)
+        _threads_for(expected)
         raw = blosc.decompress(body)
     except Exception as exc:  # blosc raises bare RuntimeError/ValueError/TypeError
         raise ValueError(f"not a Blosc frame ({type(exc).__name__})") from exc
-    expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise ValueError(f"decoded {len(raw)} bytes where {expected} were expected")
     array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -240,16 +263,13 @@ def packed_blosc_frame(packed: bytes, shape_zyx: tuple[int, int, int],
     """The Blosc1 frame inside a packed cuboid, when it holds exactly ``shape_zyx`` of
     ``dtype``: already the ``application/blosc`` body for a request of exactly that cuboid, so a
     warm aligned read is served without decoding or re-encoding. None when anything differs."""
-    if len(packed) < _HEADER.size + 16:
+    if len(packed) < _HEADER.size:
         return None
     magic, code, z, y, x, _fetched_at = _HEADER.unpack_from(packed)
     if magic != _MAGIC or _CODE_DTYPES.get(code) != dtype or (z, y, x) != shape_zyx:
         return None
     frame = memoryview(packed)[_HEADER.size :]
-    # Blosc1 header: version, versionlz, flags, typesize, then nbytes, blocksize, cbytes
-    # (uint32 LE each)
-    nbytes, _blocksize, cbytes = struct.unpack_from("<III", frame, 4)
-    if nbytes != z * y * x * dtype.itemsize or cbytes != len(frame):
+    if blosc_sizes(frame) != (z * y * x * dtype.itemsize, len(frame)):
         return None
     return frame
 
@@ -262,9 +282,12 @@ def unpack_cuboid(packed: bytes | memoryview) -> np.ndarray:
     if magic != _MAGIC or code not in _CODE_DTYPES:
         raise ValueError("not a packed cuboid")
     dtype = _CODE_DTYPES[code]
+    frame = memoryview(packed)[_HEADER.size :]
+    if blosc_sizes(frame) != (z * y * x * dtype.itemsize, len(frame)):
+        raise ValueError("packed cuboid's frame does not hold its shape")
     try:
         _threads_for(z * y * x * dtype.itemsize)
-        raw = blosc.decompress(bytes(memoryview(packed)[_HEADER.size :]))
+        raw = blosc.decompress(bytes(frame))
     except Exception as exc:  # blosc raises a bare RuntimeError/ValueError on bad frames
         raise ValueError(f"bad blosc frame: {exc}") from exc
     if len(raw) != z * y * x * dtype.itemsize:

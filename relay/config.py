@@ -172,9 +172,13 @@ class SourceSettings(_Model):
     metadata_ttl_seconds: float = Field(60.0, ge=0)
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
-    #: seconds for one upstream call, retries included
+    #: seconds for one upstream call, retries included (every kind: a store that does not
+    #: answer in time is a 504 for this source only)
     timeout: float = Field(60.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
+    #: threads of this source's own for blocking store work (zarr and precomputed): a hung
+    #: store fills its own, never the others'
+    max_threads: int = Field(4, ge=1, le=64)
     #: dvid sources: the node (a UUID, a unique prefix, or ``:branch``) and the data instance
     uuid: str | None = None
     instance: str | None = None

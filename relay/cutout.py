@@ -33,10 +33,10 @@ from .codecs import (
     unpack_cuboid,
 )
 from .config import SourceSettings
-from .errors import UpstreamError
+from .errors import RequestTooLarge, UpstreamError
 from .geometry import Box
 from .metrics import Metrics
-from .planner import CuboidPlan, exact_cuboid, plan
+from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .singleflight import SingleFlight
 from .upstreams.base import token_digest
 
@@ -51,6 +51,11 @@ wall_clock = time.time
 
 #: Version of the key layout and of the packed value format; bump to orphan old entries.
 KEY_VERSION = "v2"
+
+#: The most cuboids one request may cover: a fine grid (a source's 16³ cuboid, say) must not
+#: turn one request into a hundred thousand reads and as many tasks. With BossDB's 512×512×16
+#: a whole 512 MiB uint8 cutout is 128 cuboids.
+MAX_CUBOIDS = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,12 @@ class CutoutService:
         info = request.channel.info
         level = info.levels[request.resolution]
         times = request.times if request.times is not None else range(1)
+        cells = count_cells(request.box, level.cuboid, level.origin, level.bounds) * len(times)
+        if cells > MAX_CUBOIDS:
+            c = level.cuboid
+            raise RequestTooLarge(
+                f"This cutout covers {cells} cuboids of the channel's {c.x}×{c.y}×{c.z} grid "
+                f"(at most {MAX_CUBOIDS} per request); ask for a smaller box")
         jobs = [
             (ti, t, cuboid, cache_key(request.channel, request.resolution, t, cuboid,
                                       request.token))

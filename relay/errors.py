@@ -25,14 +25,16 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     ├── Overloaded (503, 9001)                   at a limit: requests, connections, bytes in
     │                                            flight (with Retry-After)
     ├── LoopDetected (508, 5008)                 the request came round a chain of relays
-    ├── UpstreamError (502, 5000)                the upstream failed or sent bad data
-    │   ├── UpstreamUnavailable (503, 5001)
-    │   └── UpstreamTimeout (504, 5002)
-    └── ConfigError (500, 9001)                  a source that cannot be opened as configured
+    └── UpstreamError (502, 5000)                the upstream failed or sent bad data
+        ├── UpstreamUnavailable (503, 5001)      unreachable, or busy (429/503)
+        ├── UpstreamTimeout (504, 5002)          no answer within the source's timeout
+        └── ConfigError (502, 5003)              the store is not what the source says (the
+                                                 message names the source and the fix)
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 __all__ = [
@@ -64,6 +66,9 @@ __all__ = [
 
 #: Messages echo client input; bound them so a 10 kB name cannot make a 10 kB error.
 _MAX_MESSAGE = 300
+#: Terminal escape sequences (cloud-volume colours its exceptions) and control characters:
+#: never part of a message a client or a log reader sees.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x1f\x7f]+")
 
 
 class RelayError(Exception):
@@ -77,6 +82,8 @@ class RelayError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         text = message if message is not None else self.default_message
+        text = _ESCAPES.sub(" ", text).strip() if "\x1b" in text or not text.isprintable() \
+            else text
         if len(text) > _MAX_MESSAGE:
             text = text[: _MAX_MESSAGE - 3] + "..."
         super().__init__(text)
@@ -200,5 +207,5 @@ class UpstreamTimeout(UpstreamError):
     code = 5002
 
 
-class ConfigError(RelayError):
-    code = 9001
+class ConfigError(UpstreamError):
+    code = 5003

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .geometry import Box, Vec3
 
-__all__ = ["CuboidPlan", "cuboid_box", "exact_cuboid", "plan"]
+__all__ = ["CuboidPlan", "count_cells", "cuboid_box", "exact_cuboid", "plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,17 @@ def _cells(lo: int, hi: int, origin: int, size: int) -> range:
     # floor division for the first cell and ceiling for the last: a partial trailing cuboid is
     # covered (bossphorus-rs used floor for both ends and served zeros there).
     return range((lo - origin) // size, -((origin - hi) // size))
+
+
+def count_cells(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> int:
+    """How many cuboids ``plan`` would yield, without enumerating them."""
+    inside = request.intersect(bounds)
+    if inside is None:
+        return 0
+    count = 1
+    for a in range(3):
+        count *= len(_cells(inside.start[a], inside.stop[a], origin[a], cuboid[a]))
+    return count
 
 
 def exact_cuboid(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> CuboidPlan | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import zlib
 from collections import deque
@@ -47,6 +48,13 @@ METADATA = {
 }
 
 
+@functools.cache
+def bomb() -> bytes:
+    """2 GiB less a little of zeros as one Blosc1 frame (8 MiB): np.zeros maps the zero page,
+    so making it costs CPU, not memory."""
+    return bytes(blosc.compress(np.zeros(2**31 - 64, np.uint8), typesize=1, clevel=9))
+
+
 def voxels_for(authorization: str | None) -> np.ndarray:
     """What this server holds for a caller: a gradient plus a per-credential offset."""
     z, y, x = np.mgrid[0:SHAPE_XYZ[2], 0:SHAPE_XYZ[1], 0:SHAPE_XYZ[0]]
@@ -64,6 +72,9 @@ class FaultServer:
         self.cookies: list[str | None] = []  # the Cookie header of every request
         self.vias: list[str | None] = []  # the Via header of every request
         self.set_cookie = False  # when True, every answer sets a session cookie
+        #: metadata paths answered with other JSON, or with a behaviour ("endless")
+        self.metadata: dict[str, Any] = {}
+        self.sent = 0  # bytes of hostile bodies written (endless, huge)
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
         self.cutout_seen = asyncio.Event()  # set when the first cutout request arrives
@@ -106,8 +117,12 @@ class FaultServer:
     async def _answer(self, path: str, auth: str | None, writer: asyncio.StreamWriter) -> None:
         if not path.endswith("/"):
             path += "/"
-        if path in METADATA:
-            self._send(writer, 200, "application/json", json.dumps(METADATA[path]).encode())
+        if self.metadata.get(path) == "endless":
+            await self._endless(writer, "application/json", b'{"name": "' + b"x" * 65536)
+            return
+        if path in METADATA or path in self.metadata:
+            body = self.metadata.get(path, METADATA.get(path))
+            self._send(writer, 200, "application/json", json.dumps(body).encode())
             return
         if not path.startswith("/v1/cutout/c/e/ch/0/"):
             self._send(writer, 404, "application/json", json.dumps(
@@ -158,11 +173,31 @@ class FaultServer:
                 writer.write(bytes([byte]))
                 await writer.drain()
                 await self._pause(0.05)
+        elif behaviour == "endless":  # a body that never ends (chunked, no length)
+            await self._endless(writer, "application/blosc", b"\x00" * 65536)
+        elif behaviour == "huge":  # announces 10 GB, then sends for as long as it is read
+            self._send(writer, 200, "application/blosc", b"", length=10**10)
+            await self._stream(writer, b"\x00" * 65536)
+        elif behaviour == "bomb":  # a small, valid Blosc frame of 2 GiB of zeros
+            self._send(writer, 200, "application/blosc", bomb())
         elif behaviour == "boss-400":
             self._send(writer, 400, "application/json", json.dumps(
                 {"status": 400, "code": 1001, "message": "Incorrect cutout arguments"}).encode())
         else:
             raise AssertionError(behaviour)
+
+    async def _endless(self, writer: asyncio.StreamWriter, content_type: str,
+                       block: bytes) -> None:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        await self._stream(writer, b"%x\r\n" % len(block) + block + b"\r\n")
+
+    async def _stream(self, writer: asyncio.StreamWriter, block: bytes) -> None:
+        """Write ``block`` again and again until the reader goes away (or 2 GiB, a bound)."""
+        while self.sent < 2**31 and not self._stall.is_set():
+            writer.write(block)
+            self.sent += len(block)
+            await writer.drain()
 
     async def _pause(self, seconds: float) -> None:
         """Behave slowly for ``seconds``, or less if the server is closing."""

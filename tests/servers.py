@@ -174,17 +174,23 @@ class StaticFileServer:
     behind HTTP looks like to zarr and cloud-volume (GET, 404 for a missing file). ``requested``
     lists every path asked for, so tests can count reads at the store itself."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, hang: Callable[[str], bool] | None = None) -> None:
+        """``hang(path)``: requests for which it is true are never answered (a store that
+        accepts and then hangs), until the server stops."""
         import functools
         import threading
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
         requested: list[str] = []
         self.requested = requested
+        self.stopping = stopping = threading.Event()
 
         class Quiet(SimpleHTTPRequestHandler):
             def send_head(self) -> Any:
                 requested.append(self.path)  # list.append is atomic under the GIL
+                if hang is not None and hang(self.path):
+                    stopping.wait(120)
+                    return None
                 return super().send_head()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -203,6 +209,7 @@ class StaticFileServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

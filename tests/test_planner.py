@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.geometry import Box, Vec3
-from relay.planner import cuboid_box, exact_cuboid, plan
+from relay.planner import count_cells, cuboid_box, exact_cuboid, plan
 
 
 @st.composite
@@ -98,3 +98,10 @@ def test_exact_cuboid_agrees_with_the_plan(scenario: tuple[Box, Vec3, Vec3, Box]
     assert (found is not None) == single
     if found is not None:
         assert found == items[0]
+
+
+@given(scenarios())
+def test_count_cells_agrees_with_the_plan(scenario: tuple[Box, Vec3, Vec3, Box]) -> None:
+    request, cuboid, origin, bounds = scenario
+    assert count_cells(request, cuboid, origin, bounds) == len(list(plan(request, cuboid,
+                                                                         origin, bounds)))

@@ -12,7 +12,10 @@ body: the seam's own type, so no upstream depends on the library), or a ``RelayE
   would multiply the client's wait;
 - a 4xx is not retried: it goes to the caller's ``on_client_error`` (a BossDB JSON error keeps its
   status and code across a chain; DVID's plain-text errors are mapped by the DVID upstream);
-- the whole call, retries included, is bounded by ``total`` seconds.
+- the whole call, retries included, is bounded by ``total`` seconds;
+- a body is never read past ``max_bytes`` (what the caller expects, e.g. one cuboid's bytes
+  plus its codec's overhead; metadata JSON a few MiB): a bigger one, announced or not, is a 502
+  at once, so an upstream cannot make the relay buffer an endless body.
 One ``aiohttp.ClientSession`` serves each upstream host (keep-alive, HTTP/1.1, bounded
 connections, no cookie jar: callers must not share cookies); the pool lives as long as the app
 and is closed with it.
@@ -45,11 +48,37 @@ from .. import __version__
 from ..errors import RelayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..hops import outgoing_via
 
-__all__ = ["HttpPool", "HttpSettings", "PassThroughError", "Reply", "boss_error_or", "describe",
-           "json_body"]
+__all__ = ["METADATA_MAX_BYTES", "HttpPool", "HttpSettings", "PassThroughError", "Reply",
+           "boss_error_or", "describe", "fsspec_client_kwargs", "json_body"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _MAX_ERROR_TEXT = 200
+#: The largest metadata body the relay reads (BossDB and DVID JSON are kilobytes; DVID's
+#: repos/info of a busy server a few MiB).
+METADATA_MAX_BYTES = 8 * 2**20
+_CHUNK = 1 << 20
+
+
+class _TooLarge(Exception):
+    """A body past its cap (an error of the upstream's, not retried)."""
+
+
+async def _read_capped(answer: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body, or ``_TooLarge`` as soon as it is known to pass ``max_bytes``."""
+    length = answer.content_length
+    if length is not None:
+        if length > max_bytes:
+            raise _TooLarge(f"announced {length} bytes")
+        # aiohttp's own read (a subclass may have replaced it): it stops at that length
+        return await aiohttp.ClientResponse.read(answer)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise _TooLarge(f"sent more than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +218,10 @@ class HttpPool:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         on_client_error: Callable[[Reply], RelayError] = _default_client_error,
+        max_bytes: int = METADATA_MAX_BYTES,
     ) -> Reply:
-        """GET ``url``; a 2xx reply with its body read, or a RelayError.
+        """GET ``url``; a 2xx reply with its body read (at most ``max_bytes``), or a
+        RelayError.
 
         ``url`` is sent as built (already encoded, never re-quoted). ``where`` names the
         upstream in error messages: never a URL with credentials in it.
@@ -207,9 +238,13 @@ class HttpPool:
             try:
                 async with session.get(target, headers=headers, params=params,
                                        allow_redirects=False) as answer:
+                    # an error page is read only as far as its message is shown
+                    cap = max_bytes if answer.status < 300 else METADATA_MAX_BYTES
                     response = Reply(answer.status,
                                      {k.lower(): v for k, v in answer.headers.items()},
-                                     await answer.read())
+                                     await _read_capped(answer, cap))
+            except _TooLarge as exc:
+                raise UpstreamError(f"{where} sent a body larger than expected ({exc})") from exc
             except aiohttp.ClientConnectorCertificateError as exc:
                 # not retried: the certificate will not be trusted the next time either
                 raise UpstreamUnavailable(
@@ -270,6 +305,36 @@ class HttpPool:
 
 def _unreachable() -> NoReturn:  # pragma: no cover - AsyncRetrying returns or raises
     raise AssertionError("retry loop ended without a result")
+
+
+class _CappedResponse(aiohttp.ClientResponse):
+    """A response whose whole-body ``read`` stops past ``max_bytes`` (fsspec reads every file
+    with ``read()``). ``_body`` is where aiohttp keeps a body once read, as its own ``read``
+    does."""
+
+    max_bytes = METADATA_MAX_BYTES
+
+    async def read(self) -> bytes:
+        if self._body is None:
+            try:
+                self._body = await _read_capped(self, self.max_bytes)
+            except _TooLarge as exc:
+                self.close()
+                raise aiohttp.ClientPayloadError(f"body larger than expected ({exc})") from exc
+        return self._body
+
+
+def fsspec_client_kwargs(settings: HttpSettings, max_bytes: int) -> dict[str, Any]:
+    """aiohttp session options for an fsspec HTTP filesystem (zarr over http): the source's
+    timeouts, and a cap on every body it reads."""
+    capped = type("CappedResponse", (_CappedResponse,), {"max_bytes": max_bytes})
+    return {
+        "timeout": aiohttp.ClientTimeout(total=settings.total, sock_connect=settings.connect,
+                                         sock_read=settings.read),
+        "response_class": capped,
+        "trust_env": False,
+        "cookie_jar": aiohttp.DummyCookieJar(),
+    }
 
 
 def json_body(response: Reply, where: str) -> Any:

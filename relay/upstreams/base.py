@@ -12,18 +12,22 @@ is only needed by those who use that kind) merged with the entry-point group
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..geometry import Box, Vec3
-from ._http import HttpPool, HttpSettings
+from ._http import HttpPool, HttpSettings, describe
+from ._isolation import SourceWorker
 
 if TYPE_CHECKING:
     from ..config import SourceSettings
@@ -36,6 +40,7 @@ __all__ = [
     "Registry",
     "Upstream",
     "UpstreamContext",
+    "checked_info",
     "default_cuboid",
     "registry",
     "token_digest",
@@ -79,6 +84,44 @@ class ChannelInfo:
     description: str = ""
 
 
+#: Bounds on what an upstream may describe: coordinates within ±2^40 voxels, at most 20
+#: levels, a cuboid of 1 to 65,536 voxels a side and at most 256 MiB, at most a million time
+#: samples. Anything past them is a store's (or a hostile peer's) mistake, refused with 502
+#: before it can make the relay plan millions of reads or allocate terabytes.
+MAX_COORDINATE = 2**40
+MAX_LEVELS = 20
+MAX_CUBOID_SIDE = 2**16
+MAX_CUBOID_BYTES = 256 * 2**20
+MAX_TIME_SAMPLES = 1_000_000
+
+
+def checked_info(info: ChannelInfo, where: str) -> ChannelInfo:
+    """``info`` if its geometry is usable, else ``UpstreamError`` saying what is wrong."""
+    from ..errors import UpstreamError
+
+    def bad(what: str) -> UpstreamError:
+        return UpstreamError(f"{where} describes an unusable channel: {what}")
+
+    if not 1 <= len(info.levels) <= MAX_LEVELS:
+        raise bad(f"{len(info.levels)} resolution levels")
+    if not 1 <= info.num_time_samples <= MAX_TIME_SAMPLES:
+        raise bad(f"{info.num_time_samples} time samples")
+    for r, level in enumerate(info.levels):
+        if not all(math.isfinite(v) and v > 0 for v in level.voxel_size):
+            raise bad(f"level {r} voxel size {level.voxel_size}")
+        start, stop = level.bounds.start, level.bounds.stop
+        if not all(-MAX_COORDINATE <= a < b <= MAX_COORDINATE
+                   for a, b in zip(start, stop, strict=True)):
+            raise bad(f"level {r} extent {start} to {stop}")
+        if not all(abs(o) <= MAX_COORDINATE for o in level.origin):
+            raise bad(f"level {r} grid origin {level.origin}")
+        cuboid = level.cuboid
+        if (not all(1 <= c <= MAX_CUBOID_SIDE for c in cuboid)
+                or cuboid.prod() * info.dtype.itemsize > MAX_CUBOID_BYTES):
+            raise bad(f"level {r} cuboid {cuboid.x}×{cuboid.y}×{cuboid.z}")
+    return info
+
+
 def token_digest(token: str | None) -> str:
     """A short, one-way name for a credential: safe in cache keys and logs."""
     if not token:
@@ -118,6 +161,24 @@ class Upstream(ABC):
         self.source = source
         self._owns_http = context is None
         self.context = context or UpstreamContext(HttpPool())
+
+    @functools.cached_property
+    def where(self) -> str:
+        """The store, for messages: its path, or its host for a remote one (never a URL that
+        may carry credentials)."""
+        src = self.source
+        names = "/".join((src.collection, src.experiment, src.channel))
+        parts = urlsplit(src.url)
+        if parts.scheme in ("", "file"):
+            return f"{self.kind} source {names} at {parts.path or src.url}"
+        return describe(src.url, f"{self.kind} source {names} at")
+
+    @functools.cached_property
+    def worker(self) -> SourceWorker:
+        """The source's own threads (and event loop) for blocking store work."""
+        src = self.source
+        return SourceWorker(f"{self.kind}-{src.collection}-{src.experiment}-{src.channel}",
+                            src.max_threads, src.timeout, self.where)
 
     @property
     def http_settings(self) -> HttpSettings:
@@ -178,6 +239,8 @@ class Upstream(ABC):
 
     async def aclose(self) -> None:
         """Release connections, threads and files."""
+        if "worker" in self.__dict__:
+            await self.worker.aclose()
         if self._owns_http:
             await self.context.http.aclose()
 

@@ -14,7 +14,9 @@ token becomes part of the metadata cache key here and of the cuboid cache key in
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..codecs import DTYPES, decode_blosc
+from ..config import NAME_PATTERN
 from ..errors import ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
 from ._http import describe, json_body
@@ -32,6 +35,8 @@ from .base import (
     Level,
     Upstream,
     UpstreamContext,
+    checked_info,
+    default_cuboid,
     token_digest,
 )
 
@@ -41,6 +46,13 @@ log = logging.getLogger(__name__)
 
 _UNREACHABLE = (502, 503, 504)
 _METADATA_ENTRIES = 10_000
+#: What a Blosc1 frame may add to the voxels it holds (16 bytes), generously.
+BLOSC_SLACK = 64 * 1024
+#: Frames this large are decoded in a worker thread, off the event loop.
+_DECODE_IN_THREAD_BYTES = 1 << 20
+#: An upstream grid smaller than this (voxels) is read in multiples of itself.
+_MIN_CUBOID_VOXELS = 32**3
+_NAME = re.compile(NAME_PATTERN)
 
 
 class BossUpstream(Upstream):
@@ -54,6 +66,8 @@ class BossUpstream(Upstream):
         # (path, credential digest) → (expiry, JSON); bounded, since forwarded tokens make
         # one set of entries per caller
         self._metadata: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        # ref → (the metadata bodies it was parsed from, the channel info)
+        self._infos: dict[ChannelRef, tuple[tuple[Any, ...], ChannelInfo]] = {}
 
     @property
     def store_identity(self) -> str:
@@ -99,12 +113,28 @@ class BossUpstream(Upstream):
         c, e, ch = ref.collection, ref.experiment, ref.channel
         channel = await self.boss_json(f"collection/{c}/experiment/{e}/channel/{ch}/", token)
         experiment = await self.boss_json(f"collection/{c}/experiment/{e}/", token)
-        frame = await self.boss_json(f"coord/{experiment['coord_frame']}/", token)
+        frame_name = experiment.get("coord_frame") if isinstance(experiment, dict) else None
+        if not isinstance(frame_name, str) or not _NAME.fullmatch(frame_name):
+            # it goes into the next URL: a name like "../../admin" must never get there
+            raise UpstreamError(f"{self._where} sent unusable metadata for {ref}: coord_frame "
+                                f"{str(frame_name)[:60]!r} is not a name")
+        frame = await self.boss_json(f"coord/{frame_name}/", token)
         downsample = await self.boss_json(f"downsample/{c}/{e}/{ch}/", token)
+        # parsed once per set of bodies: this runs for every request to the channel
+        bodies = (channel, experiment, frame, downsample)
+        held = self._infos.get(ref)
+        if held is not None and all(a is b for a, b in zip(held[0], bodies, strict=True)):
+            return held[1]
         try:
-            return _channel_info(channel, experiment, frame, downsample, self.source.cuboid)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"{self._where} sent unusable metadata for {ref}: {exc}") from exc
+            info = _channel_info(channel, experiment, frame, downsample, self.source.cuboid)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamError(f"{self._where} sent unusable metadata for {ref}: "
+                                f"{type(exc).__name__} {exc}") from exc
+        checked_info(info, f"{self._where} ({ref})")
+        if len(self._infos) >= _METADATA_ENTRIES:
+            self._infos.clear()
+        self._infos[ref] = (bodies, info)
+        return info
 
     async def read(
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
@@ -123,14 +153,21 @@ class BossUpstream(Upstream):
         time_part = f"{t}:{t + 1}/" if info.num_time_samples > 1 else ""
         url = (f"{self._base}/v1/cutout/{ref.collection}/{ref.experiment}/{ref.channel}/"
                f"{level}/{box}/{time_part}")
+        nbytes = box.voxels * info.dtype.itemsize
         response = await self.context.http.get(
             url, self.http_settings, where=self._where,
             headers=self._headers(token, "application/blosc"),
+            max_bytes=nbytes + BLOSC_SLACK,
         )
         try:
-            return decode_blosc(response.content, info.dtype, box.shape_zyx), response.content
+            if nbytes >= _DECODE_IN_THREAD_BYTES:
+                data = await asyncio.to_thread(decode_blosc, response.content, info.dtype,
+                                               box.shape_zyx)
+            else:
+                data = decode_blosc(response.content, info.dtype, box.shape_zyx)
         except ValueError as exc:
             raise UpstreamError(f"{self._where} sent a bad cutout for {ref}: {exc}") from exc
+        return data, response.content
 
 
 def _channel_info(channel: dict[str, Any], experiment: dict[str, Any], frame: dict[str, Any],
@@ -156,11 +193,18 @@ def _channel_info(channel: dict[str, Any], experiment: dict[str, Any], frame: di
         # the level's first voxel: the frame's start scaled by this level's factor per axis
         level_start = Vec3(*(int(s * b // v) for s, b, v in
                              zip(start, base_voxel, voxel, strict=True)))
-        grid = cuboid or tuple(downsample.get("cuboid_size", {}).get(key, BOSS_CUBOID))
+        grid = Vec3(*(int(v) for v in cuboid or downsample.get("cuboid_size", {}).get(
+            key, BOSS_CUBOID)))
+        if min(grid) < 1:
+            raise ValueError(f"cuboid_size {list(grid)} at resolution {r}")
+        if grid.prod() < _MIN_CUBOID_VOXELS:
+            # a tiny grid (1×1×1) would make one upstream read per voxel: read and cache
+            # whole multiples of it instead (still aligned to the upstream's grid)
+            grid = default_cuboid((grid.x, grid.y, grid.z))
         levels.append(Level(
             voxel_size=(voxel[0], voxel[1], voxel[2]),
             bounds=Box(level_start, stop),
-            cuboid=Vec3(*(int(v) for v in grid)),
+            cuboid=grid,
             origin=level_start,
         ))
     return ChannelInfo(

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,15 @@ from ..codecs import DTYPES
 from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
 from ._http import Reply, describe, json_body
-from .base import ChannelInfo, ChannelRef, Level, Upstream, UpstreamContext, default_cuboid
+from .base import (
+    ChannelInfo,
+    ChannelRef,
+    Level,
+    Upstream,
+    UpstreamContext,
+    checked_info,
+    default_cuboid,
+)
 
 __all__ = ["DvidUpstream"]
 
@@ -36,6 +45,7 @@ _IMAGE_TYPES = ("uint8blk", "uint16blk")
 _MULTISCALE_LABELS = ("labelmap", "labelarray")
 _LABEL_TYPES = (*_MULTISCALE_LABELS, "labelblk")
 _NOT_FOUND = ("invalid data instance name", "could not find UUID", "more than one UUID")
+_UUID = re.compile(r"[0-9a-fA-F]{1,64}")
 
 
 class _EmptyLabelBlock(RelayError):
@@ -96,15 +106,16 @@ class DvidUpstream(Upstream):
                        if instance in (repo.get("DataInstances") or {})]
             if not holders:
                 raise ResourceNotFound(f"DVID: no repo holds an instance {instance!r}")
-            prefix = holders[0]
+            prefix = _uuid(holders[0], "a repo root")
         repo = await self._get_json(f"repo/{prefix}/info")
         if colon:
             versions = await self._get_json(f"repo/{prefix}/branch-versions/{branch or 'master'}")
-            return str(versions[0]), repo
+            return _uuid(versions[0] if isinstance(versions, list) and versions else None,
+                         f"the leaf of branch {branch or 'master'!r}"), repo
         nodes = [u for u in repo["DAG"]["Nodes"] if u.startswith(prefix)]
         if len(nodes) != 1:
             raise ResourceNotFound(f"DVID: no single node matches {prefix!r}")
-        return nodes[0], repo
+        return _uuid(nodes[0], "a node"), repo
 
     async def _open(self, ref: ChannelRef) -> _Opened:
         name = self._instance_name(ref)
@@ -141,6 +152,7 @@ class DvidUpstream(Upstream):
             voxel_unit=_unit(info["Extended"].get("VoxelUnits")),
             description=self.source.description,
         )
+        checked_info(channel_info, f"{self._where} instance {name!r}")
         opened = _Opened(node, channel_info, tuple(instances), scaled,
                          time.monotonic() + self.source.metadata_ttl_seconds)
         self._opened[name] = opened
@@ -179,12 +191,15 @@ class DvidUpstream(Upstream):
         params = {"compression": "lz4"} if labels else {}
         if opened.scaled:
             params["scale"] = str(level)
+        expected = box.voxels * opened.info.dtype.itemsize
+        # raw voxels, or an LZ4 block of them (at most n + n/255 + 16 bytes)
+        bound = expected + expected // 255 + 64 * 1024
         try:
             response = await self.context.http.get(url, self.http_settings, where=self._where,
-                                                   params=params, on_client_error=_client_error)
+                                                   params=params, on_client_error=_client_error,
+                                                   max_bytes=bound)
         except _EmptyLabelBlock:
             return None
-        expected = box.voxels * opened.info.dtype.itemsize
         body = response.content
         if labels:
             try:
@@ -196,6 +211,13 @@ class DvidUpstream(Upstream):
                                 f"{expected} were expected")
         data: np.ndarray = np.frombuffer(body, dtype=opened.info.dtype).reshape(box.shape_zyx)
         return data
+
+
+def _uuid(value: Any, what: str) -> str:
+    """A UUID from DVID's answers, checked before it goes into a URL (and the cache key)."""
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise UpstreamError(f"DVID sent {str(value)[:40]!r} as {what}: not a UUID")
+    return value
 
 
 def _unit(units: Any) -> str:

@@ -1,10 +1,17 @@
 """``kind: precomputed`` — neuroglancer precomputed volumes, read with cloud-volume.
 
-Every mip in ``info`` is a resolution level (voxel size and offset from its scale). cloud-volume
-is blocking, so every call runs in a worker thread; its own disk cache is off because the relay
-has a bounded one in front. Missing chunk files read as zeros (``fill_missing``), which is what
+Every mip in ``info`` is a resolution level (voxel size and offset from its scale). The store
+must be precomputed: its URL is opened as ``precomputed://…``, so a missing ``info`` is a clear
+error rather than cloud-volume's silent fallback to reading the path as zarr (which served
+wrong voxels or zeros). Missing chunk files read as zeros (``fill_missing``), which is what
 precomputed writers mean when they skip all-black chunks; ``fill_missing: false`` makes it an
-error instead.
+error instead. cloud-volume's own disk cache is off: the relay has a bounded one in front.
+
+cloud-volume blocks, so every call runs on the source's own threads (``SourceWorker``) and ends
+within the source's ``timeout``: a hung store stalls its own requests, not the others'. Over
+http(s) cloud-volume uses cloud-files' one ``requests`` adapter, which has no timeout and reads
+any body whole; it is replaced, process-wide, by one that has both (``_BoundedAdapter``), so a
+hung server frees its thread after the read timeout and an endless body is cut off.
 """
 
 from __future__ import annotations
@@ -13,14 +20,60 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import requests
+from cloudfiles.interfaces import HttpInterface
 from cloudvolume import Bbox, CloudVolume
+from cloudvolume.exceptions import InfoUnavailableError
 
-from ..errors import ResourceNotFound, UpstreamError
+from ..errors import ConfigError, ResourceNotFound, UpstreamError
 from ..geometry import Box
 from ._levels import boss_dtype, channel_type, make_level, voxel_unit
-from .base import ChannelInfo, ChannelRef, Upstream
+from .base import ChannelInfo, ChannelRef, Upstream, UpstreamContext, checked_info
 
 __all__ = ["PrecomputedUpstream"]
+
+_PREFIX = "precomputed://"
+
+
+class _BoundedAdapter(requests.adapters.HTTPAdapter):
+    """cloud-files' HTTP adapter with a default timeout (connect, read) and a cap on bodies
+    (a precomputed chunk or info file is megabytes; a shard is read by ranges)."""
+
+    timeout: tuple[float, float] = (5.0, 30.0)
+    max_bytes = 256 * 2**20
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: float | tuple[float | None, float | None] | None = None,
+             verify: bool | str = True, cert: str | tuple[str, str] | None = None,
+             proxies: dict[str, str] | None = None) -> requests.Response:
+        response = super().send(request, stream=stream, timeout=timeout or self.timeout,
+                                verify=verify, cert=cert, proxies=proxies)
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response.close()
+            raise OSError(f"{request.url} announced {length} bytes, past {self.max_bytes}")
+        raw, cap = response.raw, self.max_bytes
+        read = raw.read
+
+        def bounded_read(amt: int | None = None, *args: Any, **kw: Any) -> bytes:
+            if amt is not None and amt <= cap:
+                return bytes(read(amt, *args, **kw))
+            data = bytes(read(cap + 1, *args, **kw))  # urllib3 reads up to amt, or to the end
+            if len(data) > cap:
+                response.close()
+                raise OSError(f"{request.url} sent more than {cap} bytes")
+            return data
+
+        raw.read = bounded_read
+        return response
+
+    @classmethod
+    def widen(cls, connect: float, read: float) -> None:
+        """Adopt a source's timeouts where they are longer (the adapter is shared)."""
+        cls.timeout = (max(cls.timeout[0], connect), max(cls.timeout[1], read))
+
+
+HttpInterface.adaptor = _BoundedAdapter(pool_maxsize=64)
 
 
 class PrecomputedUpstream(Upstream):
@@ -28,7 +81,13 @@ class PrecomputedUpstream(Upstream):
 
     _volumes: tuple[Any, ...] = ()
     _info: ChannelInfo | None = None
-    _lock: asyncio.Lock | None = None
+
+    def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
+        super().__init__(source, context)
+        _BoundedAdapter.widen(source.connect_timeout, source.read_timeout)
+        url = source.url
+        self._cloudpath = url if url.startswith(_PREFIX) else _PREFIX + url
+        self._lock: asyncio.Lock | None = None
 
     async def _open(self) -> tuple[tuple[Any, ...], ChannelInfo]:
         if self._info is None:
@@ -36,7 +95,7 @@ class PrecomputedUpstream(Upstream):
                 self._lock = asyncio.Lock()
             async with self._lock:
                 if self._info is None:
-                    self._volumes, self._info = await asyncio.to_thread(self._open_blocking)
+                    self._volumes, self._info = await self.worker.call(self._open_blocking)
         assert self._info is not None
         return self._volumes, self._info
 
@@ -46,17 +105,26 @@ class PrecomputedUpstream(Upstream):
         def open_mip(mip: int, info: Any = None) -> Any:
             # One instance per mip: download(mip=m) on a mip-0 instance checks the box
             # against mip 0's bounds. The info fetched once is handed to the others.
-            return CloudVolume(src.url, mip=mip, info=info, cache=False, progress=False,
-                               fill_missing=src.fill_missing, bounded=True, parallel=1)
+            return CloudVolume(self._cloudpath, mip=mip, info=info, cache=False,
+                               progress=False, fill_missing=src.fill_missing, bounded=True,
+                               parallel=1)
 
         try:
             volume = open_mip(0)
             volumes = (volume,) + tuple(
                 open_mip(m, volume.info) for m in range(1, len(volume.info["scales"]))
             )
+        except InfoUnavailableError as exc:
+            raise ConfigError(
+                f"{self.where}: no precomputed 'info' file there; if the store is zarr or "
+                "OME-Zarr, use kind: zarr") from exc
         except Exception as exc:
-            raise UpstreamError(f"cannot open precomputed volume {src.url}: {exc}") from exc
-        dtype = boss_dtype(volume.dtype, src.url)
+            raise UpstreamError(f"{self.where}: cannot open it as precomputed: {exc}") from exc
+        dtype = boss_dtype(volume.dtype, self.where)
+        if not 0 <= src.channel_index < volume.num_channels:
+            raise ConfigError(
+                f"{self.where}: channel_index {src.channel_index} is out of range: the volume "
+                f"has {volume.num_channels} channel(s), 0 to {volume.num_channels - 1}")
         levels = []
         base = [float(v) for v in volume.info["scales"][0]["resolution"]]
         for scale in volume.info["scales"]:
@@ -79,7 +147,7 @@ class PrecomputedUpstream(Upstream):
             voxel_unit=voxel_unit("nanometer", src.voxel_unit),
             description=src.description,
         )
-        return volumes, info
+        return volumes, checked_info(info, self.where)
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open())[1]
@@ -97,9 +165,11 @@ class PrecomputedUpstream(Upstream):
             return np.ascontiguousarray(np.asarray(cutout)[..., channel].transpose(2, 1, 0))
 
         try:
-            data = await asyncio.to_thread(download)
+            data = await self.worker.call(download)
+        except UpstreamError:
+            raise
         except Exception as exc:
-            raise UpstreamError(f"precomputed read failed for {ref}: {exc}") from exc
+            raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc
         return data.astype(info.dtype, copy=False)
 
 
