@@ -30,6 +30,7 @@ from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, 
 from .api.routing import served_routes
 from .budget import ByteBudget
 from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
+from .cache.memo import MEMO_BYTES, MetadataMemo
 from .catalog import Catalog
 from .config import Settings
 from .cutout import CutoutService
@@ -40,13 +41,22 @@ from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams._http import HttpPool
 from .upstreams.base import ChannelRef, Registry, UpstreamContext, registry
 
-__all__ = ["SETTINGS_ENV", "build_cache", "check_required", "create_app", "from_environment",
-           "startup_warnings"]
+__all__ = ["SETTINGS_ENV", "build_cache", "build_memo", "check_required", "create_app",
+           "from_environment", "startup_warnings"]
 
 #: Where ``relay serve --workers N`` hands its validated settings to each worker process.
 SETTINGS_ENV = "RELAY_SERVE_SETTINGS_JSON"
 
 log = logging.getLogger("relay")
+
+
+def build_memo(settings: Settings) -> MetadataMemo:
+    """The memo of upstream metadata: on disk beside the cuboids (a restarted relay serves
+    what it holds while its upstream is down), else in memory."""
+    cache = settings.cache
+    if cache.disk_dir is not None and cache.disk_bytes > 0:
+        return MetadataMemo(DiskTier(cache.disk_dir / "metadata", MEMO_BYTES))
+    return MetadataMemo(MemoryTier(MEMO_BYTES))
 
 
 def build_cache(settings: Settings) -> TieredCache | None:
@@ -165,8 +175,9 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         cache = build_cache(settings)
+        memo = build_memo(settings)
         http = HttpPool()
-        catalog = Catalog(settings.sources, upstreams, UpstreamContext(http))
+        catalog = Catalog(settings.sources, upstreams, UpstreamContext(http, memo))
         app.state.settings = settings
         app.state.cache = cache
         app.state.catalog = catalog
@@ -187,6 +198,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
             if cache is not None:
                 await cache.aclose()  # lets write-behind land before the process exits
             await catalog.aclose()
+            await memo.aclose()
             await http.aclose()
 
     routes = [

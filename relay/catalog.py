@@ -9,12 +9,26 @@ and its wildcard levels list the upstream's names; other sources are described f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import SourceSettings
-from .errors import ResourceNotFound
-from .upstreams.base import ChannelInfo, ChannelRef, Registry, Upstream, UpstreamContext
+from .errors import ConfigError, ResourceNotFound, UpstreamError
+from .upstreams.base import (
+    ChannelInfo,
+    ChannelRef,
+    Registry,
+    Upstream,
+    UpstreamContext,
+    checked_info,
+    token_digest,
+)
+
+log = logging.getLogger(__name__)
+
+#: How many channel descriptions are tracked for the memo (forwarded tokens make one each).
+_TRACKED = 10_000
 
 __all__ = ["Catalog", "Channel"]
 
@@ -40,6 +54,9 @@ class Catalog:
     def __init__(self, sources: Sequence[SourceSettings], registry: Registry,
                  context: UpstreamContext | None = None) -> None:
         self._entries = [(source, registry.create(source, context)) for source in sources]
+        self._memo = context.memo if context is not None else None
+        self._remembered: dict[str, ChannelInfo] = {}  # memo key → the info last remembered
+        self._offline: set[str] = set()  # memo keys served from the memo (logged once each)
 
     @property
     def entries(self) -> list[tuple[SourceSettings, Upstream]]:
@@ -112,7 +129,40 @@ class Catalog:
             self._require(ref.collection, ref.experiment)
             raise ResourceNotFound(f"Channel {ref.channel} not found")
         source, upstream = claimed
-        return Channel(ref, source, upstream, await upstream.channel_info(ref, token))
+        return Channel(ref, source, upstream, await self._info(source, upstream, ref, token))
+
+    async def _info(self, source: SourceSettings, upstream: Upstream, ref: ChannelRef,
+                    token: str | None) -> ChannelInfo:
+        """The upstream's description of ``ref``; when the upstream cannot be reached, the one
+        it gave last (remembered on disk: it survives a restart). A store that answers with a
+        description the config cannot use is not papered over."""
+        memo = self._memo
+        partition = f"{token_digest(token)}/" if source.forward_client_token else ""
+        key = f"{upstream.memo_prefix}/info/{partition}{ref}"
+        try:
+            info = await upstream.channel_info(ref, token)
+        except UpstreamError as exc:
+            if memo is None or isinstance(exc, ConfigError):
+                raise
+            held = await memo.recall(key)
+            if held is None:
+                raise
+            try:
+                info = checked_info(ChannelInfo.from_json(held), upstream.where)
+            except (KeyError, TypeError, ValueError, UpstreamError):
+                raise exc from None
+            if key not in self._offline:
+                self._offline.add(key)
+                log.warning("%s: serving the description remembered for %s (%s)",
+                            upstream.where, ref, exc.message)
+            return info
+        if memo is not None and self._remembered.get(key) is not info:
+            if len(self._remembered) >= _TRACKED:
+                self._remembered.clear()
+            self._remembered[key] = info
+            self._offline.discard(key)
+            memo.remember(key, info.to_json())
+        return info
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

@@ -90,6 +90,9 @@ class HttpSettings:
     backoff: float = 0.2        # first wait, doubled per try, with jitter
     backoff_max: float = 5.0    # cap on one wait (and on Retry-After)
     max_connections: int = 32   # per upstream host
+    #: seconds a host that could not be connected to is left alone: requests meanwhile fail
+    #: at once (503) instead of each spending its retries on it
+    down_for: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +123,12 @@ class PassThroughError(RelayError):
 class _Retryable(Exception):
     """A failure worth another try; carries the error to raise if none is left."""
 
-    def __init__(self, error: RelayError, retry_after: float | None = None) -> None:
+    def __init__(self, error: RelayError, retry_after: float | None = None,
+                 unreachable: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no connection could be made at all
 
 
 def _retry_after(response: Reply) -> float | None:
@@ -182,6 +187,8 @@ class HttpPool:
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str, HttpSettings], aiohttp.ClientSession] = {}
         self._tls: ssl.SSLContext | None = None
+        # (scheme, authority) → until when it is left alone, and why
+        self._down: dict[tuple[str, str], tuple[float, str]] = {}
 
     def _tls_context(self) -> ssl.SSLContext:
         # certifi's CA bundle, as requests (and so intern) and httpx use: a Python without
@@ -232,6 +239,11 @@ class HttpPool:
             target = target.with_user(None)  # a token given explicitly wins over URL credentials
         if (via := outgoing_via.get()) is not None:  # loop detection down a chain (relay.hops)
             headers = {**(headers or {}), "Via": via}
+        host = (target.scheme, target.raw_authority)
+        if (down := self._down.get(host)) is not None:
+            if time.monotonic() < down[0]:
+                raise UpstreamUnavailable(down[1])
+            del self._down[host]
         session = self._session(target, settings)
 
         async def attempt() -> Reply:
@@ -252,11 +264,13 @@ class HttpPool:
             except aiohttp.ClientSSLError as exc:
                 raise UpstreamUnavailable(f"cannot connect to {where}: TLS failed") from exc
             except aiohttp.ConnectionTimeoutError as exc:
-                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}")) from exc
+                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}"),
+                                 unreachable=True) from exc
             except aiohttp.ServerTimeoutError as exc:
                 raise UpstreamTimeout(f"{where} did not answer in time") from exc
             except aiohttp.ClientConnectorError as exc:
-                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}")) from exc
+                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}"),
+                                 unreachable=True) from exc
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                     aiohttp.ClientOSError) as exc:
                 raise _Retryable(UpstreamError(f"{where} broke off the transfer")) from exc
@@ -292,6 +306,10 @@ class HttpPool:
                     with try_:
                         return await attempt()
         except _Retryable as exc:
+            if exc.unreachable:
+                self._down[host] = (time.monotonic() + settings.down_for,
+                                    f"{exc.error.message} (left alone for "
+                                    f"{settings.down_for:g} s before trying again)")
             raise exc.error from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{where} did not answer within {settings.total:g} s") from exc

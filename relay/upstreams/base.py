@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -25,11 +26,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..geometry import Box, Vec3
 from ._http import HttpPool, HttpSettings, describe
 from ._isolation import SourceWorker
 
 if TYPE_CHECKING:
+    from ..cache.memo import MetadataMemo
     from ..config import SourceSettings
 
 __all__ = [
@@ -50,6 +53,10 @@ log = logging.getLogger(__name__)
 
 #: BossDB's storage cuboid at every resolution (x, y, z).
 BOSS_CUBOID = Vec3(512, 512, 16)
+
+#: Seconds a store that could not be reached is left alone (the HTTP seam does the same for
+#: hosts it cannot connect to).
+DOWN_FOR = 5.0
 
 ChannelType = Literal["image", "annotation"]
 
@@ -83,6 +90,37 @@ class ChannelInfo:
     num_time_samples: int = 1
     description: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON form (persisted with the disk tier: offline after a restart)."""
+        return {
+            "dtype": self.dtype.str, "type": self.type, "voxel_unit": self.voxel_unit,
+            "num_time_samples": self.num_time_samples, "description": self.description,
+            "levels": [{"voxel_size": list(level.voxel_size),
+                        "bounds": [list(level.bounds.start), list(level.bounds.stop)],
+                        "cuboid": list(level.cuboid), "origin": list(level.origin)}
+                       for level in self.levels],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChannelInfo:
+        """Inverse of ``to_json``; KeyError, TypeError or ValueError on anything else."""
+        kind = data["type"]
+        if kind not in ("image", "annotation"):
+            raise ValueError(f"channel type {kind!r}")
+
+        def level(item: dict[str, Any]) -> Level:
+            voxel, (start, stop) = item["voxel_size"], item["bounds"]
+            return Level(voxel_size=(float(voxel[0]), float(voxel[1]), float(voxel[2])),
+                         bounds=Box(Vec3(*map(int, start)), Vec3(*map(int, stop))),
+                         cuboid=Vec3(*map(int, item["cuboid"])),
+                         origin=Vec3(*map(int, item["origin"])))
+
+        return cls(dtype=np.dtype(str(data["dtype"])), type=kind,
+                   levels=tuple(level(item) for item in data["levels"]),
+                   voxel_unit=str(data["voxel_unit"]),
+                   num_time_samples=int(data["num_time_samples"]),
+                   description=str(data["description"]))
+
 
 #: Bounds on what an upstream may describe: coordinates within ±2^40 voxels, at most 20
 #: levels, a cuboid of 1 to 65,536 voxels a side and at most 256 MiB, at most a million time
@@ -97,7 +135,6 @@ MAX_TIME_SAMPLES = 1_000_000
 
 def checked_info(info: ChannelInfo, where: str) -> ChannelInfo:
     """``info`` if its geometry is usable, else ``UpstreamError`` saying what is wrong."""
-    from ..errors import UpstreamError
 
     def bad(what: str) -> UpstreamError:
         return UpstreamError(f"{where} describes an unusable channel: {what}")
@@ -140,9 +177,11 @@ def default_cuboid(chunk: tuple[int, int, int], target: Vec3 = BOSS_CUBOID) -> V
 
 @dataclass(frozen=True, slots=True)
 class UpstreamContext:
-    """What the app shares with every upstream: the pooled HTTP clients."""
+    """What the app shares with every upstream: the pooled HTTP clients, and the memo of
+    upstream metadata kept on disk (None without a disk tier)."""
 
     http: HttpPool
+    memo: MetadataMemo | None = None
 
 
 class Upstream(ABC):
@@ -194,11 +233,21 @@ class Upstream(ABC):
     )
 
     @property
+    def _options(self) -> str:
+        return ",".join(f"{name}={getattr(self.source, name)!r}" for name in self.BYTE_OPTIONS)
+
+    @property
     def identity(self) -> str:
         """What makes this store's bytes this store's: part of every cache key."""
-        options = ",".join(f"{name}={getattr(self.source, name)!r}"
-                           for name in self.BYTE_OPTIONS)
-        return f"{self.kind}:{self.store_identity}:{options}"
+        return f"{self.kind}:{self.store_identity}:{self._options}"
+
+    @functools.cached_property
+    def memo_prefix(self) -> str:
+        """Where this source's metadata is remembered (``context.memo``): the source as
+        configured (a DVID branch, not the node it led to, which is itself remembered)."""
+        src = self.source
+        raw = f"{self.kind}:{src.url}:{src.uuid}:{self._options}"
+        return f"meta1/{self.kind}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
     @property
     def store_identity(self) -> str:
@@ -236,6 +285,23 @@ class Upstream(ABC):
     async def boss_json(self, path: str, token: str | None = None) -> Any:
         """BossDB metadata at ``/v1/{path}`` (passthrough upstreams only)."""
         raise NotImplementedError
+
+    #: until when the store is left alone after it could not be reached, and the error then
+    _down: tuple[float, UpstreamError] | None = None
+
+    def check_down(self) -> None:
+        """Fail at once while the store is being left alone (see ``mark_down``)."""
+        if self._down is not None:
+            until, error = self._down
+            if time.monotonic() < until:
+                raise type(error)(error.message)
+            self._down = None
+
+    def mark_down(self, error: UpstreamError) -> None:
+        """Remember for ``DOWN_FOR`` seconds that the store could not be reached (gone, or no
+        answer in time), so requests meanwhile fail at once instead of each waiting for it."""
+        if isinstance(error, UpstreamUnavailable | UpstreamTimeout):
+            self._down = (time.monotonic() + DOWN_FOR, error)
 
     async def aclose(self) -> None:
         """Release connections, threads and files."""

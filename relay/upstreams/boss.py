@@ -66,6 +66,7 @@ class BossUpstream(Upstream):
         # (path, credential digest) → (expiry, JSON); bounded, since forwarded tokens make
         # one set of entries per caller
         self._metadata: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._offline: set[str] = set()  # paths answered from the memo
         # ref → (the metadata bodies it was parsed from, the channel info)
         self._infos: dict[ChannelRef, tuple[tuple[Any, ...], ChannelInfo]] = {}
 
@@ -86,11 +87,14 @@ class BossUpstream(Upstream):
         return headers
 
     async def boss_json(self, path: str, token: str | None = None) -> Any:
-        key = (path, token_digest(self.authorization(token)))
+        credential = token_digest(self.authorization(token))
+        key = (path, credential)
         held = self._metadata.get(key)
         now = time.monotonic()
         if held is not None and held[0] > now:
             return held[1]
+        memo = self.context.memo
+        memo_key = f"{self.memo_prefix}/boss/{credential}/{path}"
         try:
             response = await self.context.http.get(
                 f"{self._base}/v1/{path}", self.http_settings, where=self._where,
@@ -98,11 +102,24 @@ class BossUpstream(Upstream):
             )
             body = json_body(response, self._where)
         except UpstreamError as exc:
-            if held is not None and exc.status in _UNREACHABLE:
+            if exc.status not in _UNREACHABLE:
+                raise
+            if held is not None:
                 log.warning("%s: serving held metadata for %s (%s)", self._where, path,
                             exc.message)
                 return held[1]
-            raise
+            # what the upstream said before (this process, or one before a restart)
+            remembered = await memo.recall(memo_key) if memo is not None else None
+            if remembered is None:
+                raise
+            if path not in self._offline:  # once per path, not once per request
+                self._offline.add(path)
+                log.warning("%s: serving remembered metadata for %s (%s)", self._where, path,
+                            exc.message)
+            return remembered
+        if memo is not None:
+            memo.remember(memo_key, body)
+            self._offline.discard(path)
         self._metadata[key] = (now + self.source.metadata_ttl_seconds, body)
         self._metadata.move_to_end(key)
         while len(self._metadata) > _METADATA_ENTRIES:

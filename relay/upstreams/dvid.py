@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, Upst
 from ..geometry import Box, Vec3
 from ._http import Reply, describe, json_body
 from .base import (
+    DOWN_FOR,
     ChannelInfo,
     ChannelRef,
     Level,
@@ -40,6 +42,8 @@ from .base import (
 )
 
 __all__ = ["DvidUpstream"]
+
+log = logging.getLogger(__name__)
 
 _IMAGE_TYPES = ("uint8blk", "uint16blk")
 _MULTISCALE_LABELS = ("labelmap", "labelarray")
@@ -122,6 +126,45 @@ class DvidUpstream(Upstream):
         held = self._opened.get(name)
         if held is not None and held.expires > time.monotonic():
             return held
+        memo = self.context.memo
+        key = f"{self.memo_prefix}/open/{name}"
+        try:
+            opened = await self._open_fresh(name)
+        except UpstreamError as exc:
+            if isinstance(exc, ConfigError) or exc.status not in (502, 503, 504):
+                raise
+            # unreachable: the node and description it gave last (before a restart, too),
+            # so the cuboids cached under that node's identity are still found
+            remembered = await memo.recall(key) if memo is not None else None
+            if remembered is None:
+                raise
+            try:
+                opened = _Opened(
+                    node=_uuid(remembered["node"], "a remembered node"),
+                    info=ChannelInfo.from_json(remembered["info"]),
+                    instances=tuple(str(i) for i in remembered["instances"]),
+                    scaled=bool(remembered["scaled"]),
+                    expires=time.monotonic() + DOWN_FOR)
+            except (KeyError, TypeError, ValueError):
+                raise exc from None
+            log.warning("%s: serving the node and description remembered for %r (%s)",
+                        self._where, name, exc.message)
+        else:
+            if memo is not None:
+                memo.remember(key, {"node": opened.node, "info": opened.info.to_json(),
+                                    "instances": list(opened.instances),
+                                    "scaled": opened.scaled})
+        self._opened[name] = opened
+        return opened
+
+    async def _open_fresh(self, name: str) -> _Opened:
+        try:
+            return await self._describe(name)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise UpstreamError(f"{self._where} sent unusable metadata for instance {name!r}: "
+                                f"{type(exc).__name__} {exc}") from exc
+
+    async def _describe(self, name: str) -> _Opened:
         node, repo = await self._resolve_node(name)
         info = await self._get_json(f"node/{node}/{name}/info")
         type_name = info["Base"]["TypeName"]
@@ -153,10 +196,8 @@ class DvidUpstream(Upstream):
             description=self.source.description,
         )
         checked_info(channel_info, f"{self._where} instance {name!r}")
-        opened = _Opened(node, channel_info, tuple(instances), scaled,
-                         time.monotonic() + self.source.metadata_ttl_seconds)
-        self._opened[name] = opened
-        return opened
+        return _Opened(node, channel_info, tuple(instances), scaled,
+                       time.monotonic() + self.source.metadata_ttl_seconds)
 
     def _level(self, info: dict[str, Any], r: int, own_extents: bool = False) -> Level:
         extended = info["Extended"]

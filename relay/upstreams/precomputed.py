@@ -17,7 +17,9 @@ hung server frees its thread after the read timeout and an endless body is cut o
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -25,7 +27,7 @@ from cloudfiles.interfaces import HttpInterface
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume.exceptions import InfoUnavailableError
 
-from ..errors import ConfigError, ResourceNotFound, UpstreamError
+from ..errors import ConfigError, ResourceNotFound, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
 from ._levels import boss_dtype, channel_type, make_level, voxel_unit
 from .base import ChannelInfo, ChannelRef, Upstream, UpstreamContext, checked_info
@@ -87,15 +89,23 @@ class PrecomputedUpstream(Upstream):
         _BoundedAdapter.widen(source.connect_timeout, source.read_timeout)
         url = source.url
         self._cloudpath = url if url.startswith(_PREFIX) else _PREFIX + url
+        parts = urlsplit(url.removeprefix(_PREFIX))
+        self._local_info = (os.path.join(parts.path, "info")
+                            if parts.scheme in ("", "file") else None)
         self._lock: asyncio.Lock | None = None
 
     async def _open(self) -> tuple[tuple[Any, ...], ChannelInfo]:
         if self._info is None:
             if self._lock is None:
                 self._lock = asyncio.Lock()
+            self.check_down()
             async with self._lock:
                 if self._info is None:
-                    self._volumes, self._info = await self.worker.call(self._open_blocking)
+                    try:
+                        self._volumes, self._info = await self.worker.call(self._open_blocking)
+                    except UpstreamError as exc:
+                        self.mark_down(exc)
+                        raise
         assert self._info is not None
         return self._volumes, self._info
 
@@ -161,12 +171,18 @@ class PrecomputedUpstream(Upstream):
         channel = self.source.channel_index
 
         def download() -> np.ndarray:
+            # missing chunks read as zeros (fill_missing): a local volume that has gone away
+            # (a share unmounted) would read as zeros. Its info file says it is still there.
+            if self._local_info is not None and not os.path.isfile(self._local_info):
+                raise UpstreamUnavailable(f"{self.where}: the volume is gone (unmounted?)")
             cutout = volumes[level].download(Bbox(tuple(box.start), tuple(box.stop)))
             return np.ascontiguousarray(np.asarray(cutout)[..., channel].transpose(2, 1, 0))
 
+        self.check_down()
         try:
             data = await self.worker.call(download)
-        except UpstreamError:
+        except UpstreamError as exc:
+            self.mark_down(exc)
             raise
         except Exception as exc:
             raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc

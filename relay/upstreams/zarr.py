@@ -104,9 +104,14 @@ class ZarrUpstream(Upstream):
             return self._opened
         if self._lock is None:
             self._lock = asyncio.Lock()
+        self.check_down()
         async with self._lock:
             if self._opened is None:
-                self._opened = await self.worker.run(self._open_store)
+                try:
+                    self._opened = await self.worker.run(self._open_store)
+                except UpstreamError as exc:
+                    self.mark_down(exc)
+                    raise
         return self._opened
 
     async def _open_store(self) -> _Opened:
@@ -282,15 +287,32 @@ class ZarrUpstream(Upstream):
                                           "x": x}
         selection = tuple(picks[a] for a in opened.axes)
         array = opened.arrays[level]
+        store = self._store
+
+        async def get() -> Any:
+            # zarr reads a missing chunk as fill: a local store that has gone away (a share
+            # unmounted) would read as zeros. Its array's metadata file says it is still there.
+            if isinstance(store, LocalStore) and not await store.exists(_metadata_key(array)):
+                raise UpstreamUnavailable(f"{self.where}: the store is gone (unmounted?)")
+            return await array.getitem(selection)
+
+        self.check_down()
         try:
-            got = await self.worker.run(lambda: array.getitem(selection))
-        except UpstreamError:
+            got = await self.worker.run(get)
+        except UpstreamError as exc:
+            self.mark_down(exc)
             raise
         except Exception as exc:
             raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc
         spatial = [a for a in opened.axes if a in "zyx"]
         data = np.asarray(got).transpose([spatial.index(a) for a in "zyx"])
         return np.ascontiguousarray(data, dtype=opened.info.dtype)
+
+
+def _metadata_key(array: AsyncArray[Any]) -> str:
+    """The store key of an array's own metadata document."""
+    name = "zarr.json" if array.metadata.zarr_format == 3 else ".zarray"
+    return f"{array.path}/{name}" if array.path else name
 
 
 async def _close_session(store: LocalStore | FsspecStore | None) -> None:
