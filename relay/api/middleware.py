@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,8 @@ from ..errors import BadRequest, MethodNotAllowed, Overloaded, RelayError, Unaut
 from ..metrics import Metrics
 
 __all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
+
+log = logging.getLogger("relay")
 
 _SLASHES = re.compile(r"/{2,}")
 _ALLOW_METHODS = "GET, HEAD, OPTIONS"
@@ -204,6 +207,7 @@ class CountingMiddleware:
         self.metrics = metrics
         self.limit = limit
         self.in_progress = 0
+        self.overloaded = False  # logged once per episode, not once per refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.UNCOUNTED:
@@ -212,6 +216,10 @@ class CountingMiddleware:
         self.metrics.inc("requests_total")
         if self.in_progress >= self.limit:
             self.metrics.inc("requests_refused_total")
+            if not self.overloaded:
+                self.overloaded = True
+                log.warning("%d requests in progress (server.max_concurrency): refusing more "
+                            "with 503 until some finish", self.limit)
             error = Overloaded()
             response = JSONResponse(error.to_json(), status_code=error.status,
                                     headers=error.headers())
@@ -222,3 +230,5 @@ class CountingMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+            if self.overloaded and self.in_progress < self.limit // 2:
+                self.overloaded = False

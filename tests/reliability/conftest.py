@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import blosc
 import numpy as np
+import psutil
 import pytest
 import zarr
 
@@ -103,3 +105,33 @@ def hooked_relay(config: Path, env: dict[str, str], log: Path | None = None) -> 
     """The relay program with ``tests.reliability.hooked_relay``'s disk-write hook."""
     command = [sys.executable, "-m", "tests.reliability.hooked_relay", "serve"]
     return RelayProcess(["--config", str(config)], env=env, log=log, command=command)
+
+
+class RssPeak:
+    """The peak resident memory of a process (this one by default), sampled in a thread while
+    in use: a measurement, not a synchronisation. ``grew`` is the peak above the start."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.01) -> None:
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.base: int = self.process.memory_info().rss
+        self.peak: int = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    @property
+    def grew(self) -> int:
+        return self.peak - self.base
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -5,7 +5,6 @@ used (in plans and in URLs), and a hung store cannot starve the relay's other so
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import zarr
 from cloudvolume import CloudVolume
@@ -24,37 +22,10 @@ from relay.errors import RelayError
 
 from ..faults import DOWNSAMPLE, EXPERIMENT, FaultServer, voxels_for
 from ..servers import StaticFileServer, ThreadedServer
+from .conftest import RssPeak
 from .test_http_faults import SECRET, Relay
 
 MiB = 2**20
-
-
-class OwnRssPeak:
-    """This process's resident memory above where it started, sampled every 10 ms."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.base: int = self.process.memory_info().rss
-        self.peak: int = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    @property
-    def grew(self) -> int:
-        return self.peak - self.base
-
-    def __enter__(self) -> OwnRssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -78,7 +49,7 @@ async def test_a_hostile_cutout_body_costs_little_memory_and_is_an_error(
     relay = Relay(server.url, timeout=30.0, read_timeout=10.0, retries=0)
     try:
         started = time.monotonic()
-        with OwnRssPeak() as rss, pytest.raises(RelayError) as info:
+        with RssPeak() as rss, pytest.raises(RelayError) as info:
             await relay.read()
         elapsed = time.monotonic() - started
     finally:
@@ -95,7 +66,7 @@ async def test_endless_metadata_is_an_error(server: FaultServer) -> None:
     server.metadata["/v1/collection/c/experiment/e/channel/ch/"] = "endless"
     relay = Relay(server.url, retries=0)
     try:
-        with OwnRssPeak() as rss, pytest.raises(RelayError) as info:
+        with RssPeak() as rss, pytest.raises(RelayError) as info:
             await relay.read()
     finally:
         await relay.aclose()

@@ -16,7 +16,6 @@ from typing import Any
 import blosc
 import httpx
 import numpy as np
-import psutil
 import pytest
 import zarr
 from starlette.applications import Starlette
@@ -29,6 +28,7 @@ from relay.protocol import BoundedHttpToolsProtocol
 from relay.upstreams.base import ChannelRef, Registry
 
 from ..servers import RelayProcess, ThreadedServer, write_config
+from .conftest import RssPeak
 
 MiB = 2**20
 #: What the relay process holds besides its budgets (the interpreter with numpy, zarr,
@@ -43,30 +43,6 @@ def _noise_store(path: Path, shape_zyx: tuple[int, int, int]) -> np.ndarray:
                               zarr_format=3)
     array[...] = data
     return data
-
-
-class RssPeak:
-    """The peak resident memory of a process, sampled every 20 ms in a thread while in use
-    (a measurement, not a synchronisation)."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> RssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def test_sixteen_near_limit_cutouts_stay_within_the_budgets(tmp_path: Path) -> None:
