@@ -35,7 +35,7 @@ from .catalog import Catalog
 from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
-from .hops import ViaMiddleware, new_relay_id
+from .hops import Hops, new_relay_id
 from .metrics import Metrics
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams._http import HttpPool
@@ -171,12 +171,13 @@ def _documentation() -> list[BaseRoute]:
 
 def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     metrics = Metrics()
+    hops = Hops(settings.server.relay_id or new_relay_id(), settings.server.max_hops)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         cache = build_cache(settings)
         memo = build_memo(settings)
-        http = HttpPool()
+        http = HttpPool(hops)
         catalog = Catalog(settings.sources, upstreams, UpstreamContext(http, memo))
         app.state.settings = settings
         app.state.cache = cache
@@ -214,13 +215,13 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     # outermost first: the edge's CORS headers reach every response, 401s and 503s included
     server = settings.server
     middleware = [Middleware(EdgeMiddleware, cors_origins=server.cors_origins,
-                             hosts=HostFilter(server.allowed_hosts, server.host))]
+                             hosts=HostFilter(server.allowed_hosts, server.host), hops=hops,
+                             metrics=metrics)]
     if settings.server.tokens:
         middleware.append(Middleware(AuthMiddleware, tokens=settings.server.tokens))
     middleware.append(Middleware(CountingMiddleware, metrics=metrics,
                                  limit=settings.server.max_concurrency))
-    middleware.append(Middleware(ViaMiddleware, relay_id=server.relay_id or new_relay_id(),
-                                 max_hops=server.max_hops))
+
     app = Starlette(
         routes=routes,
         middleware=middleware,

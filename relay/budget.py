@@ -57,12 +57,21 @@ class ByteBudget:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def reserve(self, nbytes: int) -> Reservation:
-        # a request larger than the whole budget waits until it has the budget to itself
+    def try_reserve(self, nbytes: int) -> Reservation | None:
+        """A reservation at once, or None when the request would have to wait."""
         nbytes = min(max(0, nbytes), self.total)
         if not self._waiters and self.used + nbytes <= self.total:
             self.used += nbytes
             return Reservation(self, nbytes)
+        return None
+
+    async def reserve(self, nbytes: int) -> Reservation:
+        """A reservation, after waiting for room in arrival order; ``Overloaded`` when none
+        comes within ``wait`` seconds."""
+        if (reservation := self.try_reserve(nbytes)) is not None:
+            return reservation
+        # a request larger than the whole budget waits until it has the budget to itself
+        nbytes = min(max(0, nbytes), self.total)
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (nbytes, granted)
         self._waiters.append(entry)

@@ -13,6 +13,7 @@ Wire encodings (reference/bossdb-dialect.md §2), all of a C-order Z,Y,X (or T,Z
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zlib
@@ -146,7 +147,7 @@ def check_encodable(media: MediaType, dtype: np.dtype[np.generic],
                     shape: tuple[int, ...]) -> None:
     """Refuse, before anything is read, an answer the encoding cannot carry (a 4-D shape is a
     time request): better a 413 now than a 200 with an empty or broken body later."""
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if media is MediaType.JPEG:
         check_jpeg(dtype, len(shape) == 4)
         z, y, x = shape

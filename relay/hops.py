@@ -5,12 +5,13 @@ Each relay has an id (``server.relay_id``, random at start unless configured) an
 request that arrives already naming this relay has come round in a loop (A → B → A, an easy
 misconfiguration of two ``kind: boss`` sources): it is refused at once with 508, naming the
 relays it passed through, instead of circling until a timeout. A hop limit is the second
-guard, for loops through relays that do not add ``Via``.
+guard, for loops through proxies that add ``Via`` but are not relays.
 
-The ``Via`` to send upstream is per request: ``ViaMiddleware`` puts it in a context variable,
-and the HTTP seam (``upstreams._http``) adds it to every upstream request made while that
-request is handled. Work shared between requests (one upstream read several requests wait for)
-carries the ``Via`` of the request that started it.
+The edge (``api.middleware.EdgeMiddleware``) checks an incoming ``Via`` with ``Hops.check``
+and keeps it in ``incoming_via`` while the request is handled; the HTTP seam
+(``upstreams._http``) sends ``Hops.upstream_via()`` with every upstream request. Work shared
+between requests (one upstream read several requests wait for) carries the ``Via`` of the
+request that started it.
 """
 
 from __future__ import annotations
@@ -18,65 +19,46 @@ from __future__ import annotations
 import contextvars
 import secrets
 
-from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from .errors import LoopDetected
 
-__all__ = ["ViaMiddleware", "new_relay_id", "outgoing_via"]
+__all__ = ["Hops", "incoming_via", "new_relay_id"]
 
-#: The ``Via`` value for upstream requests made on behalf of the current request (None outside
-#: a request: start-up checks send none).
-outgoing_via: contextvars.ContextVar[str | None] = contextvars.ContextVar("outgoing_via",
+#: The ``Via`` a request being handled arrived with (None: none, or outside a request).
+incoming_via: contextvars.ContextVar[str | None] = contextvars.ContextVar("incoming_via",
                                                                           default=None)
-
-_PREFIX = "relay-"
 
 
 def new_relay_id() -> str:
     return secrets.token_hex(4)
 
 
-def _entries(via: str) -> list[str]:
-    return [entry.strip() for entry in via.split(",") if entry.strip()]
-
-
 def _received_by(entry: str) -> str:
     """``relay-ab12`` of ``1.1 relay-ab12 (comment)``."""
     parts = entry.split()
-    return parts[1] if len(parts) > 1 else ""
+    return parts[1] if len(parts) > 1 else parts[0] if parts else ""
 
 
-class ViaMiddleware:
-    """Refuses a request that has been here before (508) or has passed too many hops; makes the
-    ``Via`` for the upstream requests it causes."""
+class Hops:
+    """This relay's place in a chain."""
 
-    def __init__(self, app: ASGIApp, relay_id: str, max_hops: int) -> None:
-        self.app = app
-        self.name = _PREFIX + relay_id
+    def __init__(self, relay_id: str, max_hops: int) -> None:
+        self.name = f"relay-{relay_id}"
         self.entry = f"1.1 {self.name}"
         self.max_hops = max_hops
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = ", ".join(Headers(scope=scope).getlist("via"))
-        entries = _entries(incoming)
-        error = None
+    def check(self, via: str) -> None:
+        """``LoopDetected`` when a request that came ``via`` these proxies has been here
+        before, or has passed too many."""
+        entries = [entry.strip() for entry in via.split(",") if entry.strip()]
         if any(_received_by(entry) == self.name for entry in entries):
-            path = " → ".join([*(_received_by(e) or e for e in entries), self.name])
-            error = LoopDetected(f"Request loop: it has already passed through this relay "
-                                 f"({path}); a source's url leads back here")
-        elif len(entries) >= self.max_hops:
-            error = LoopDetected(f"Request passed {len(entries)} proxies (server.max_hops is "
-                                 f"{self.max_hops}): a loop, or a chain too long")
-        if error is not None:
-            await JSONResponse(error.to_json(), status_code=error.status)(scope, receive, send)
-            return
-        token = outgoing_via.set(f"{incoming}, {self.entry}" if incoming else self.entry)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            outgoing_via.reset(token)
+            path = " → ".join([*(_received_by(e) for e in entries), self.name])
+            raise LoopDetected(f"Request loop: it has already passed through this relay "
+                               f"({path}); a source's url leads back here")
+        if len(entries) >= self.max_hops:
+            raise LoopDetected(f"Request passed {len(entries)} proxies (server.max_hops is "
+                               f"{self.max_hops}): a loop, or a chain too long")
+
+    def upstream_via(self) -> str:
+        """The ``Via`` for an upstream request made on behalf of the current request."""
+        via = incoming_via.get()
+        return f"{via}, {self.entry}" if via else self.entry

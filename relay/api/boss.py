@@ -270,7 +270,7 @@ async def cutout(
     if ids is not None:
         peak += nbytes + box.voxels * ntimes
     budget: ByteBudget = request.app.state.budget
-    reservation = await budget.reserve(peak)
+    reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
         body, headers = await _cutout_body(request, chan, res, box, times, media, ids)
         reservation.shrink(len(body))

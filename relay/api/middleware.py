@@ -1,5 +1,5 @@
 """The HTTP edge, as one small ASGI middleware: Host check, slash merging, CORS, OPTIONS
-preflight, and TRACE refused.
+preflight, TRACE refused, and the ``Via`` of a chain checked (``relay.hops``).
 
 - A request whose ``Host`` is not one the relay answers to gets 400 BossDB JSON
   (``server.allowed_hosts``; see ``HostFilter``): a web page on another name that resolves to
@@ -11,6 +11,7 @@ preflight, and TRACE refused.
   requests that carry ``Origin``, so it is not used here.
 - ``OPTIONS`` on any path is a preflight and is answered here with 204.
 - ``TRACE`` (and ``TRACK``) on any path is 405: the relay never echoes a request back.
+- A request whose ``Via`` names this relay came round a loop: 508 at once (``relay.hops``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import BadRequest, MethodNotAllowed, Overloaded, RelayError, Unauthorized
+from ..errors import (
+    BadRequest,
+    LoopDetected,
+    MethodNotAllowed,
+    Overloaded,
+    RelayError,
+    Unauthorized,
+)
+from ..hops import Hops, incoming_via
 from ..metrics import Metrics
 
 __all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
@@ -58,14 +67,18 @@ class HostFilter:
 
     An IP literal is always accepted: DNS rebinding needs a name the attacker controls, and a
     page loaded from an address is that address's own origin. Names are compared without port,
-    case or a trailing dot.
+    case or a trailing dot. Verdicts are remembered per header value (clients send the same
+    few), so the check costs a dictionary lookup.
     """
+
+    _REMEMBERED = 256
 
     def __init__(self, allowed: Iterable[str] | None, bind_host: str) -> None:
         names = list(allowed) if allowed is not None else self.defaults(bind_host)
         self.any = "*" in names
         self.names = frozenset(n.lower().rstrip(".") for n in names if not n.startswith("."))
         self.domains = tuple(n.lower().rstrip(".") for n in names if n.startswith("."))
+        self._verdicts: dict[str, bool] = {}
 
     @staticmethod
     def defaults(bind_host: str) -> list[str]:
@@ -77,9 +90,15 @@ class HostFilter:
     def allows(self, host_header: str | None) -> bool:
         if self.any or host_header is None:  # no Host at all cannot come from a browser
             return True
-        name = _host_name(host_header)
-        return (_is_ip(name) or name in self.names
-                or any(name == d[1:] or name.endswith(d) for d in self.domains))
+        verdict = self._verdicts.get(host_header)
+        if verdict is None:
+            name = _host_name(host_header)
+            verdict = (_is_ip(name) or name in self.names
+                       or any(name == d[1:] or name.endswith(d) for d in self.domains))
+            if len(self._verdicts) >= self._REMEMBERED:
+                self._verdicts.clear()
+            self._verdicts[host_header] = verdict
+        return verdict
 
 
 def _host_name(host_header: str) -> str:
@@ -98,11 +117,14 @@ async def _refuse(error: RelayError, scope: Scope, receive: Receive, send: Send)
 
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp, cors_origins: Sequence[str],
-                 hosts: HostFilter | None = None) -> None:
+                 hosts: HostFilter | None = None, hops: Hops | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.app = app
         self.any_origin = "*" in cors_origins
         self.origins = frozenset(cors_origins)
         self.hosts = hosts or HostFilter(["*"], "")
+        self.hops = hops
+        self.metrics = metrics or Metrics()
 
     def _cors(self, request_headers: Headers) -> list[tuple[str, str]]:
         if self.any_origin:
@@ -132,6 +154,25 @@ class EdgeMiddleware:
             await _refuse(MethodNotAllowed(f"{scope['method']} is not served"), scope, receive,
                           send)
             return
+        via = ", ".join(request_headers.getlist("via")) if self.hops is not None else ""
+        if via:
+            assert self.hops is not None
+            try:
+                self.hops.check(via)
+            except LoopDetected as exc:
+                self.metrics.inc("loops_refused_total")
+                await _refuse(exc, scope, receive, send)
+                return
+            token = incoming_via.set(via)  # for the upstream requests this one causes
+            try:
+                await self._serve(scope, receive, send, request_headers)
+            finally:
+                incoming_via.reset(token)
+            return
+        await self._serve(scope, receive, send, request_headers)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send,
+                     request_headers: Headers) -> None:
         cors = self._cors(request_headers)
         if scope["method"] == "OPTIONS":
             allow_headers = request_headers.get(

@@ -90,7 +90,8 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
     gzipped = "gzip" in request.headers.get("accept-encoding", "").lower()
     # the peak: the voxels, and a gzip body no larger than them (plus its framing)
     budget: ByteBudget = request.app.state.budget
-    reservation = await budget.reserve(nbytes * 2 + 4096 if gzipped else nbytes)
+    peak = nbytes * 2 + 4096 if gzipped else nbytes
+    reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
         service: CutoutService = request.app.state.cutouts
         result = await service.read_cutout(CutoutRequest(chan, level, box,

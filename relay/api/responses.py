@@ -26,9 +26,16 @@ class BodyResponse(Response):
     def __init__(self, body: bytes | memoryview, media_type: str,
                  reservation: Reservation | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(content=b"", media_type=media_type, headers=headers)
+        # Response.__init__ would render a body and make headers twice: these are made once
+        self.status_code = 200
+        self.background = None
+        self.body = b""
         self.payload = memoryview(body).cast("B")
-        self.headers["content-length"] = str(self.payload.nbytes)
+        self.raw_headers = [(b"content-type", media_type.encode("latin-1")),
+                            (b"content-length", b"%d" % self.payload.nbytes)]
+        self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                             for k, v in (headers or {}).items()
+                             if k.lower() not in ("content-type", "content-length")]
         self.reservation = reservation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -36,6 +43,9 @@ class BodyResponse(Response):
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             payload = b"" if scope["method"] == "HEAD" else self.payload
+            if len(payload) <= SLICE:  # what the transport holds of it is bounded by the slice
+                await send({"type": "http.response.body", "body": payload})
+                return
             for start in range(0, len(payload), SLICE):
                 await send({"type": "http.response.body", "body": payload[start:start + SLICE],
                             "more_body": True})

@@ -46,7 +46,7 @@ from yarl import URL
 
 from .. import __version__
 from ..errors import RelayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from ..hops import outgoing_via
+from ..hops import Hops
 
 __all__ = ["METADATA_MAX_BYTES", "HttpPool", "HttpSettings", "PassThroughError", "Reply",
            "boss_error_or", "describe", "fsspec_client_kwargs", "json_body"]
@@ -184,7 +184,9 @@ def _status_error(response: Reply, where: str) -> RelayError:
 class HttpPool:
     """One session per upstream host, shared by every source that reads from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, hops: Hops | None = None) -> None:
+        """``hops``: the relay's place in a chain, to name itself in ``Via`` upstream."""
+        self.hops = hops
         self._sessions: dict[tuple[str, str, HttpSettings], aiohttp.ClientSession] = {}
         self._tls: ssl.SSLContext | None = None
         # (scheme, authority) → until when it is left alone, and why
@@ -237,8 +239,8 @@ class HttpPool:
         if target.user is not None and headers and any(
                 name.lower() == "authorization" for name in headers):
             target = target.with_user(None)  # a token given explicitly wins over URL credentials
-        if (via := outgoing_via.get()) is not None:  # loop detection down a chain (relay.hops)
-            headers = {**(headers or {}), "Via": via}
+        if self.hops is not None:  # loop detection down a chain (relay.hops)
+            headers = {**(headers or {}), "Via": self.hops.upstream_via()}
         host = (target.scheme, target.raw_authority)
         if (down := self._down.get(host)) is not None:
             if time.monotonic() < down[0]:

@@ -232,8 +232,9 @@ class Upstream(ABC):
         "channel_index", "axes", "fill_missing", "type", "voxel_size", "voxel_unit", "instance",
     )
 
-    @property
+    @functools.cached_property
     def _options(self) -> str:
+        # cached: settings are frozen, and identity is asked for every cache key
         return ",".join(f"{name}={getattr(self.source, name)!r}" for name in self.BYTE_OPTIONS)
 
     @property
