@@ -154,6 +154,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined head while the previous response is still being sent: its time
+            # starts once that response is done (a 408 now would land inside that body)
+            self._arm_head_timer()
+            return
         if self._in_head:
             self.policy.metrics.inc("header_timeouts_total")
             self._refuse(RequestTimeout(
