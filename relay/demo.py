@@ -223,6 +223,12 @@ def _write_precomputed(path: Path, levels: list[np.ndarray]) -> None:
         writer[:, :, :] = data.transpose(2, 1, 0)[..., np.newaxis]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: set it straight back
+    os.umask(mask)
+    return mask
+
+
 def ensure_demo(root: Path | None = None) -> Path:
     """The demo directory under ``root``, generating it first if it is not there yet."""
     root = root or default_demo_dir()
@@ -241,6 +247,9 @@ def ensure_demo(root: Path | None = None) -> Path:
             if name in PRECOMPUTED_CHANNELS:
                 _write_precomputed(work / "precomputed" / name, levels)
         (work / "COMPLETE").write_text(DEMO_VERSION + "\n")
+        # mkdtemp made the work directory private (0700); the published one is as readable as
+        # any directory this user makes (a container's non-root user must read what root baked)
+        work.chmod(0o777 & ~_umask())
         try:
             work.rename(final)
         except OSError:

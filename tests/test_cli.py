@@ -139,3 +139,23 @@ def test_port_zero_reports_the_bound_port_and_a_busy_port_is_one_line(tmp_path: 
     assert busy.stderr.strip().splitlines()[-1].startswith(
         f"relay: cannot serve on 127.0.0.1:{relay.port}")
     assert "Traceback" not in busy.stderr
+
+
+def test_relay_demo_leaves_its_directory_readable_by_other_users(tmp_path: Path) -> None:
+    """A container bakes the demo as root and serves it as another user: every directory of
+    it must be searchable and every file readable by others (mkdtemp's 0700 was not)."""
+    import os
+    import stat
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.umask(0o022); from relay.cli import main; "
+         f"sys.exit(main(['demo', '--dir', {str(tmp_path)!r}]))"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    demo = tmp_path / "demo-v1"
+    paths = [demo, *demo.rglob("*")]
+    assert len(paths) > 10
+    for path in paths:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        wanted = 0o005 if path.is_dir() else 0o004  # others: r-x on directories, r on files
+        assert mode & wanted == wanted, (path, oct(mode))
