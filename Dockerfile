@@ -1,16 +1,27 @@
 # A slim image of the relay. Its command is `relay serve --config /config/relay.yaml`;
 # the cache lives on the /cache volume.
-FROM python:3.11-slim
+#
+# BASE: any image with Python 3.11+ and its venv module (the default; or, built without a
+# registry, a Debian bookworm root file system with python3 and python3-venv). PIP_CERT: a CA
+# bundle for pip, where the package index is reached through a proxy that needs one (mount it
+# into the build); unset, pip uses its own.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/relay/venv/bin:$PATH
 
 WORKDIR /opt/relay
 COPY pyproject.toml README.md ./
 COPY relay ./relay
-RUN pip install . \
+# A venv of its own: the same on every base (a distribution's Python refuses system-wide pip
+# installs), and only what serving needs: no test extras.
+ARG PIP_CERT
+RUN python3 -m venv /opt/relay/venv \
+    && pip install . \
     && useradd --system --create-home --home-dir /home/relay relay \
     && mkdir -p /cache /config \
     && chown relay /cache

@@ -2,25 +2,33 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest clean bench bench-smoke system-packages bench-packages
 
 # System programs the tests drive (Chromium and its WebDriver: neuroglancer's client in a real
-# browser), and the benchmark's load generator and static-file comparator. Installed with
-# apt-get when run as root, else one line says what to install.
-TEST_PACKAGES := chromium=chromium chromedriver=chromium-driver
+# browser; buildah, podman and mmdebstrap: the Docker image built and run without a daemon), and
+# the benchmark's load generator and static-file comparator. Installed with apt-get when run as
+# root, else one line says what to install.
+TEST_PACKAGES := chromium=chromium chromedriver=chromium-driver buildah=buildah podman=podman \
+	mmdebstrap=mmdebstrap
 BENCH_PACKAGES := wrk=wrk nginx=nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# `make run` installs what serving needs; `make test` adds the test extras.
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/relay serve
 
 lint: $(STAMP)
