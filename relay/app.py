@@ -39,7 +39,8 @@ from .hops import Hops, new_relay_id
 from .metrics import Metrics
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams._http import HttpPool
-from .upstreams.base import ChannelRef, Registry, UpstreamContext, registry
+from .upstreams.base import UpstreamContext
+from .upstreams.kinds import Registry, registry
 
 __all__ = ["SETTINGS_ENV", "build_cache", "build_memo", "check_required", "create_app",
            "from_environment", "startup_warnings"]
@@ -105,23 +106,12 @@ async def check_required(settings: Settings, upstreams: Registry = registry) -> 
         return []
     http = HttpPool()
     catalog = Catalog(required, upstreams, UpstreamContext(http))
-    problems = []
     try:
-        for source, upstream in catalog.entries:
-            names = (source.collection, source.experiment, source.channel)
-            where = f"{'/'.join(names)} ({source.kind})"
-            try:
-                if "*" not in names:
-                    await upstream.channel_info(ChannelRef(*names), source.token)
-                elif upstream.passthrough:
-                    await upstream.boss_json("collection/", source.token)
-            except Exception as exc:  # any failure to answer is the one line to print
-                why = exc.message if isinstance(exc, RelayError) else f"{exc!r}"[:300]
-                problems.append(f"required source {where} does not answer: {why}")
+        return [f"required source {where} does not answer: {why}"
+                for where, why in await catalog.probe()]
     finally:
         await catalog.aclose()
         await http.aclose()
-    return problems
 
 
 def startup_warnings(settings: Settings) -> list[str]:
@@ -132,7 +122,7 @@ def startup_warnings(settings: Settings) -> list[str]:
         return []
     lines = []
     for source in settings.sources:
-        if source.token or urlsplit(source.url).password is not None:
+        if source.options.get("token") or urlsplit(source.url).password is not None:
             names = "/".join((source.collection, source.experiment, source.channel))
             lines.append(
                 f"source {names} ({source.kind}) sends a credential upstream and "

@@ -14,16 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import SourceSettings
-from .errors import ConfigError, ResourceNotFound, UpstreamError
-from .upstreams.base import (
-    ChannelInfo,
-    ChannelRef,
-    Registry,
-    Upstream,
-    UpstreamContext,
-    checked_info,
-    token_digest,
-)
+from .errors import ConfigError, RelayError, ResourceNotFound, UpstreamError
+from .model import ChannelInfo, ChannelRef, checked_info, token_digest
+from .upstreams.base import Upstream, UpstreamContext
+from .upstreams.kinds import Registry
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +131,7 @@ class Catalog:
         it gave last (remembered on disk: it survives a restart). A store that answers with a
         description the config cannot use is not papered over."""
         memo = self._memo
-        partition = f"{token_digest(token)}/" if source.forward_client_token else ""
+        partition = f"{token_digest(token)}/" if upstream.partitioned else ""
         key = f"{upstream.memo_prefix}/info/{partition}{ref}"
         try:
             info = await upstream.channel_info(ref, token)
@@ -163,6 +157,23 @@ class Catalog:
             self._offline.discard(key)
             memo.remember(key, info.to_json())
         return info
+
+    async def probe(self) -> list[tuple[str, str]]:
+        """(source, why) for each source that does not answer now, with the relay's own
+        credential: a named channel must describe itself, a BossDB-speaking wildcard list its
+        collections (how ``relay serve`` checks its ``required`` sources)."""
+        problems = []
+        for source, upstream in self._entries:
+            names = (source.collection, source.experiment, source.channel)
+            try:
+                if "*" not in names:
+                    await upstream.channel_info(ChannelRef(*names))
+                elif upstream.passthrough:
+                    await upstream.boss_json("collection/")
+            except Exception as exc:  # any failure to answer is the one line to print
+                why = exc.message if isinstance(exc, RelayError) else f"{exc!r}"[:300]
+                problems.append((f"{'/'.join(names)} ({source.kind})", why))
+        return problems
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -31,6 +31,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .model import SourceSettings, set_source_check
+
 __all__ = [
     "CacheSettings",
     "ConfigFileError",
@@ -41,11 +43,7 @@ __all__ = [
     "with_server",
 ]
 
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-_NAME = re.compile(NAME_PATTERN)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-VoxelUnit = Literal["nanometers", "micrometers", "millimeters", "centimeters"]
 
 
 class _Model(BaseModel):
@@ -130,94 +128,6 @@ class CacheSettings(_Model):
         return value.expanduser() if value is not None else None
 
 
-class SourceSettings(_Model):
-    """One entry of ``sources``: which names it answers for, and the store behind them."""
-
-    collection: str
-    experiment: str = "*"
-    channel: str = "*"
-    kind: str
-    url: str
-    voxel_size: tuple[float, float, float] | None = None
-    voxel_unit: VoxelUnit | None = None
-    type: Literal["image", "annotation"] | None = None
-    #: for multi-channel stores: which channel of the store this source serves
-    channel_index: int = Field(0, ge=0)
-    #: axis names of a plain (non-OME) zarr array, e.g. "zyx" or "czyx"; default by rank
-    axes: str | None = None
-    #: the cache's cuboid, a multiple of the store's chunk; default: near 512×512×16
-    cuboid: tuple[int, int, int] | None = None
-    #: precomputed sources: a missing chunk file reads as zeros (sparse volumes skip all-black
-    #: chunks); false makes it an error, so a misconfigured URL cannot pass for black voxels
-    fill_missing: bool = True
-    description: str = ""
-    #: true: ``relay serve`` refuses to start (one line, exit 1) when this source does not
-    #: answer at startup; false (the default): it starts anyway and reports errors per request
-    required: bool = False
-    #: false: every read goes upstream (nothing from this source is cached)
-    cache: bool = True
-    #: cached cuboids of this source are reused for at most this long (null: the data never
-    #: changes, e.g. a BossDB channel or a locked DVID node)
-    ttl_seconds: float | None = Field(None, gt=0)
-    #: when an upstream read fails (5xx, timeout, unreachable), serve a cached cuboid that has
-    #: expired (or is being refreshed) up to this many seconds ago, marked with a ``Warning:
-    #: 110`` header; null (the default): such a failure is an error
-    stale_if_error_seconds: float | None = Field(None, gt=0)
-    #: remote sources: the credential sent upstream (BossDB: ``Authorization: Token …``)
-    token: str | None = None
-    #: boss sources: send each caller's own Authorization upstream instead of ``token``; cached
-    #: entries are then partitioned by a hash of it
-    forward_client_token: bool = False
-    #: remote sources: how long upstream metadata is trusted before it is asked again
-    metadata_ttl_seconds: float = Field(60.0, ge=0)
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(30.0, gt=0)
-    #: seconds for one upstream call, retries included (every kind: a store that does not
-    #: answer in time is a 504 for this source only)
-    timeout: float = Field(60.0, gt=0)
-    retries: int = Field(3, ge=0, le=10)
-    #: threads of this source's own for blocking store work (zarr and precomputed): a hung
-    #: store fills its own, never the others'
-    max_threads: int = Field(4, ge=1, le=64)
-    #: dvid sources: the node (a UUID, a unique prefix, or ``:branch``) and the data instance
-    uuid: str | None = None
-    instance: str | None = None
-
-    @field_validator("collection", "experiment", "channel")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if value != "*" and not _NAME.match(value):
-            raise ValueError(f"{value!r} is not '*' or a name of letters, digits, '_' and '-'")
-        return value
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, value: str) -> str:
-        from .upstreams.base import registry
-
-        kinds = registry.kinds()
-        if value not in kinds:
-            raise ValueError(f"unknown upstream kind {value!r} (known: {', '.join(kinds)})")
-        return value
-
-    @field_validator("cuboid", "voxel_size")
-    @classmethod
-    def _positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if value is not None and any(v <= 0 for v in value):
-            raise ValueError("every component must be positive")
-        return value
-
-    def matches(self, collection: str, experiment: str, channel: str) -> bool:
-        return all(
-            pattern in ("*", name)
-            for pattern, name in (
-                (self.collection, collection),
-                (self.experiment, experiment),
-                (self.channel, channel),
-            )
-        )
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -254,13 +164,32 @@ def _expand(value: Any) -> Any:
     return value
 
 
+def _check_source(kind: str, options: dict[str, Any]) -> None:
+    """A source's kind is a registered one and its other keys are options of that kind. The
+    message starts with the key at fault (``_first_error`` adds it to the location)."""
+    from .upstreams.kinds import registry
+
+    problem = registry.problem(kind, options)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+set_source_check(_check_source)
+
+#: "key: message" from a check of a whole entry (``_check_source``)
+_KEYED = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$", re.S)
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = [str(part) for part in error["loc"]]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
-    return f"{key}: {message}"
+    elif error["type"] == "value_error" and (keyed := _KEYED.match(message)):
+        loc.append(keyed[1])
+        message = keyed[2]
+    return f"{'.'.join(loc) or '(top level)'}: {message}"
 
 
 def with_server(settings: Settings, **changes: Any) -> Settings:

@@ -36,9 +36,9 @@ from .config import SourceSettings
 from .errors import RequestTooLarge, UpstreamError
 from .geometry import Box
 from .metrics import Metrics
+from .model import token_digest
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .singleflight import SingleFlight
-from .upstreams.base import token_digest
 
 __all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key"]
 
@@ -89,7 +89,7 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
     level = channel.info.levels[resolution]
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
-    partition = f"p-{token_digest(token)}/" if channel.source.forward_client_token else ""
+    partition = f"p-{token_digest(token)}/" if channel.upstream.partitioned else ""
     return (
         f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
         f"{ref.collection}/{ref.experiment}/"

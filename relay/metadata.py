@@ -14,7 +14,7 @@ from typing import Any
 from .catalog import Catalog, Channel
 from .errors import ResourceNotFound
 from .geometry import Box, Vec3
-from .upstreams.base import ChannelInfo, ChannelRef
+from .model import ChannelInfo, ChannelRef
 
 __all__ = [
     "ExperimentView",

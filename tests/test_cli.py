@@ -97,7 +97,8 @@ def test_tls_serves_https(fixture_sources: list[dict[str, object]], tmp_path: Pa
 async def _refused_as_untrusted(url: str) -> None:
     from relay.config import SourceSettings
     from relay.errors import UpstreamUnavailable
-    from relay.upstreams.base import ChannelRef, registry
+    from relay.model import ChannelRef
+    from relay.upstreams.kinds import registry
 
     upstream = registry.create(SourceSettings(collection="*", kind="boss", url=url, retries=3))
     started = time.monotonic()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import ConfigFileError, Settings, load_settings
+from relay.upstreams.kinds import registry
 
 EXAMPLE = """
 server:
@@ -34,7 +35,7 @@ sources:
     kind: precomputed
     url: file:///data/demo_precomputed/seg
   - collection: "*"
-    kind: zarr
+    kind: boss
     url: ${RELAY_TEST_URL}
     token: ${BOSS_TOKEN:-public}
     cache: true
@@ -56,9 +57,11 @@ def test_design_example_loads_with_expansion(tmp_path: Path,
     assert settings.cache.memory_bytes == 512 * 2**20
     assert settings.cache.disk_bytes == 20 * 2**30
     assert str(settings.cache.disk_dir) == "/tmp/relay-cache"
-    assert settings.sources[0].voxel_size == (4.0, 4.0, 40.0)
+    # kind options are validated by the kind's own model
+    assert registry.create(settings.sources[0]).options.model_dump()["voxel_size"] == (4.0, 4.0,
+                                                                                     40.0)
     assert settings.sources[2].url == "file:///elsewhere"
-    assert settings.sources[2].token == "public"
+    assert registry.create(settings.sources[2]).options.model_dump()["token"] == "public"
     assert settings.sources[2].experiment == "*"
 
 
@@ -88,6 +91,14 @@ def test_defaults_without_a_file() -> None:
          "sources.0.kind: unknown upstream kind 'zar'"),
         ("sources:\n  - collection: a/b\n    kind: zarr\n    url: x\n", "sources.0.collection"),
         ("sources:\n  - collection: a\n    kind: zarr\n", "sources.0.url: Field required"),
+        ("sources:\n  - collection: a\n    kind: zarr\n    url: x\n    axis: zyx\n",
+         "sources.0.axis: unknown key for kind zarr"),
+        ("sources:\n  - collection: a\n    kind: boss\n    url: x\n    axes: zyx\n",
+         "sources.0.axes: unknown key for kind boss"),
+        ("sources:\n  - collection: a\n    kind: dvid\n    url: x\n",
+         "sources.0.uuid: Field required"),
+        ("sources:\n  - collection: a\n    kind: zarr\n    url: x\n    channel_index: -1\n",
+         "sources.0.channel_index: Input should be greater than or equal to 0"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("server: [unclosed\n", "not valid YAML at line"),
     ],

@@ -15,14 +15,9 @@ from relay.cutout import CutoutRequest, CutoutService
 from relay.errors import UpstreamError
 from relay.geometry import Box, Vec3
 from relay.metrics import Metrics
-from relay.upstreams.base import (
-    ChannelInfo,
-    ChannelRef,
-    Level,
-    Registry,
-    Upstream,
-    UpstreamContext,
-)
+from relay.model import ChannelInfo, ChannelRef, Level
+from relay.upstreams.base import Upstream, UpstreamContext
+from relay.upstreams.kinds import Registry
 
 REF = ChannelRef("c", "e", "ch")
 BOUNDS = Box.of((0, 0, 0), (40, 30, 20))

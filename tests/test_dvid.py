@@ -20,7 +20,7 @@ from relay.errors import BadRequest, ResourceNotFound
 from relay.geometry import Box
 from relay.testing import UpstreamSuite
 from relay.testing.upstream_suite import REF, ground_truth, level_offset
-from relay.upstreams.base import registry
+from relay.upstreams.kinds import registry
 
 from .dvid_double import DvidDouble
 from .servers import ServesOnLoopback, ThreadedServer
@@ -158,10 +158,11 @@ async def test_throttled_503_is_retried(served: tuple[DvidDouble, str, str]) -> 
 
 
 def test_missing_uuid_config_is_refused() -> None:
-    from relay.errors import ConfigError
+    """Checked with the config, by the kind's own options model (not when first used)."""
+    from pydantic import ValidationError
 
-    with pytest.raises(ConfigError, match="needs 'uuid:'"):
-        registry.create(_source("http://127.0.0.1:1", instance="grayscale"))
+    with pytest.raises(ValidationError, match="uuid: Field required"):
+        _source("http://127.0.0.1:1", instance="grayscale")
 
 
 # --- the double, held to the reference and to an independent client -----------------------------

@@ -69,7 +69,7 @@ async def test_missing_chunks_are_an_error_when_fill_missing_is_off(tmp_path: Pa
     from relay.config import SourceSettings
     from relay.errors import UpstreamError
     from relay.testing.upstream_suite import REF, ground_truth
-    from relay.upstreams.base import registry
+    from relay.upstreams.kinds import registry
 
     levels = ground_truth("uint8", 1)
     TestPrecomputed().write_store(tmp_path / "store", levels, (4.0, 4.0, 40.0), (0, 0, 0))

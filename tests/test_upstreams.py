@@ -13,8 +13,10 @@ from cloudvolume import CloudVolume
 
 from relay.config import SourceSettings
 from relay.errors import ConfigError
+from relay.model import ChannelRef
 from relay.testing import UpstreamSuite
-from relay.upstreams.base import ChannelRef, Registry, Upstream, registry
+from relay.upstreams.base import Upstream
+from relay.upstreams.kinds import Registry, registry
 
 CHUNK_XYZ = (32, 32, 8)
 
@@ -180,13 +182,13 @@ def test_entry_point_duplicates_are_ignored(monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     from importlib.metadata import EntryPoint
 
-    import relay.upstreams.base as base
+    import relay.upstreams.kinds as kinds_module
 
     points = [
         EntryPoint("zarr", "evil.module:Hijack", Registry.GROUP),
         EntryPoint("extra", "tests.test_upstreams:TestPrecomputed", Registry.GROUP),
     ]
-    monkeypatch.setattr(base, "entry_points", lambda group: points)
+    monkeypatch.setattr(kinds_module, "entry_points", lambda group: points)
     fresh = Registry()
     kinds = fresh.kinds()
     assert "extra" in kinds

@@ -7,10 +7,9 @@ import re
 from fastapi import Request
 
 from ..catalog import Catalog, Channel
-from ..config import NAME_PATTERN
 from ..cutout import Cutout
 from ..errors import ResourceNotFound
-from ..upstreams.base import ChannelRef
+from ..model import NAME_PATTERN, ChannelRef
 
 __all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show", "stale_headers"]
 

@@ -19,8 +19,10 @@ import pytest
 from ..config import SourceSettings
 from ..errors import RelayError, UpstreamError
 from ..geometry import Box, Vec3
+from ..model import ChannelRef
 from ..planner import plan
-from ..upstreams.base import ChannelRef, Upstream, registry
+from ..upstreams.base import Upstream
+from ..upstreams.kinds import registry
 
 __all__ = ["UpstreamSuite", "ground_truth"]
 

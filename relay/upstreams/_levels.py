@@ -5,13 +5,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from ..codecs import DTYPES
 from ..errors import ConfigError
 from ..geometry import Box, Vec3
-from .base import ChannelType, Level, default_cuboid
+from ..model import ChannelType, Level, VoxelUnit, default_cuboid
+from .base import NoOptions
 
-__all__ = ["boss_dtype", "channel_type", "make_level", "voxel_unit"]
+__all__ = ["FileOptions", "boss_dtype", "channel_type", "make_level", "voxel_unit"]
+
+class FileOptions(NoOptions):
+    """Options of the kinds that read a file format (zarr, precomputed)."""
+
+    #: x, y, z; overrides the store's (its level ratios are kept)
+    voxel_size: tuple[float, float, float] | None = None
+    voxel_unit: VoxelUnit | None = None
+    #: default: uint64 → annotation, else image
+    type: ChannelType | None = None
+    #: for multi-channel stores: which channel of the store this source serves
+    channel_index: int = Field(0, ge=0)
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError("every component must be positive")
+        return value
+
 
 _UNITS = {
     "nanometer": "nanometers",

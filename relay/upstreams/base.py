@@ -1,178 +1,74 @@
-"""The upstream interface, its value objects, and the registry of kinds.
+"""The upstream interface.
 
 An upstream maps a channel (collection, experiment, channel) onto a store and answers two
 questions, both async: what the channel looks like (``channel_info``) and what voxels one box
 at one level holds (``read`` → a Z,Y,X array, or ``None`` when the store knows it holds no data
 there). Upstreams never cache; the relay's cache sits in front of them.
 
-Kinds are found by name: the built-ins below (imported on first use, so an optional dependency
-is only needed by those who use that kind) merged with the entry-point group
-``relay.upstreams``. A second registration of a name is refused.
+The value types live in ``relay.model`` and the registry of kinds in ``.registry``; both are
+named here too, for plugins written against this module.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from ..geometry import Box, Vec3
+from ..geometry import Box
+from ..model import (
+    BOSS_CUBOID,
+    ChannelInfo,
+    ChannelRef,
+    Level,
+    checked_info,
+    default_cuboid,
+    token_digest,
+)
 from ._http import HttpPool, HttpSettings, describe
 from ._isolation import SourceWorker
 
 if TYPE_CHECKING:
     from ..cache.memo import MetadataMemo
-    from ..config import SourceSettings
+    from ..model import SourceSettings
 
 __all__ = [
     "BOSS_CUBOID",
     "ChannelInfo",
     "ChannelRef",
     "Level",
-    "Registry",
+    "NoOptions",
     "Upstream",
     "UpstreamContext",
     "checked_info",
     "default_cuboid",
-    "registry",
     "token_digest",
 ]
 
 log = logging.getLogger(__name__)
 
-#: BossDB's storage cuboid at every resolution (x, y, z).
-BOSS_CUBOID = Vec3(512, 512, 16)
-
 #: Seconds a store that could not be reached is left alone (the HTTP seam does the same for
 #: hosts it cannot connect to).
 DOWN_FOR = 5.0
 
-ChannelType = Literal["image", "annotation"]
+class NoOptions(BaseModel):
+    """A kind's own options: a pydantic model, every field with a default (or required), no
+    other key allowed. A kind subclasses this to declare its options; the source entry's keys
+    beyond the ones every source has are validated against it at load (``Registry.problem``)
+    and handed to the upstream as ``self.options``. ``secret`` fields stay out of the cache
+    identity (a changed token does not make cached bytes someone else's)."""
 
-
-@dataclass(frozen=True, slots=True)
-class ChannelRef:
-    collection: str
-    experiment: str
-    channel: str
-
-    def __str__(self) -> str:
-        return f"{self.collection}/{self.experiment}/{self.channel}"
-
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    """One resolution level of a channel."""
-
-    voxel_size: tuple[float, float, float]  # x, y, z in the channel's voxel_unit
-    bounds: Box                             # the voxels that exist at this level
-    cuboid: Vec3                            # the cache's unit: a multiple of the store's chunk
-    origin: Vec3                            # where the cuboid grid starts (a chunk corner)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelInfo:
-    dtype: np.dtype[np.generic]
-    type: ChannelType
-    levels: tuple[Level, ...]
-    voxel_unit: str = "nanometers"
-    num_time_samples: int = 1
-    description: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON form (persisted with the disk tier: offline after a restart)."""
-        return {
-            "dtype": self.dtype.str, "type": self.type, "voxel_unit": self.voxel_unit,
-            "num_time_samples": self.num_time_samples, "description": self.description,
-            "levels": [{"voxel_size": list(level.voxel_size),
-                        "bounds": [list(level.bounds.start), list(level.bounds.stop)],
-                        "cuboid": list(level.cuboid), "origin": list(level.origin)}
-                       for level in self.levels],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ChannelInfo:
-        """Inverse of ``to_json``; KeyError, TypeError or ValueError on anything else."""
-        kind = data["type"]
-        if kind not in ("image", "annotation"):
-            raise ValueError(f"channel type {kind!r}")
-
-        def level(item: dict[str, Any]) -> Level:
-            voxel, (start, stop) = item["voxel_size"], item["bounds"]
-            return Level(voxel_size=(float(voxel[0]), float(voxel[1]), float(voxel[2])),
-                         bounds=Box(Vec3(*map(int, start)), Vec3(*map(int, stop))),
-                         cuboid=Vec3(*map(int, item["cuboid"])),
-                         origin=Vec3(*map(int, item["origin"])))
-
-        return cls(dtype=np.dtype(str(data["dtype"])), type=kind,
-                   levels=tuple(level(item) for item in data["levels"]),
-                   voxel_unit=str(data["voxel_unit"]),
-                   num_time_samples=int(data["num_time_samples"]),
-                   description=str(data["description"]))
-
-
-#: Bounds on what an upstream may describe: coordinates within ±2^40 voxels, at most 20
-#: levels, a cuboid of 1 to 65,536 voxels a side and at most 256 MiB, at most a million time
-#: samples. Anything past them is a store's (or a hostile peer's) mistake, refused with 502
-#: before it can make the relay plan millions of reads or allocate terabytes.
-MAX_COORDINATE = 2**40
-MAX_LEVELS = 20
-MAX_CUBOID_SIDE = 2**16
-MAX_CUBOID_BYTES = 256 * 2**20
-MAX_TIME_SAMPLES = 1_000_000
-
-
-def checked_info(info: ChannelInfo, where: str) -> ChannelInfo:
-    """``info`` if its geometry is usable, else ``UpstreamError`` saying what is wrong."""
-
-    def bad(what: str) -> UpstreamError:
-        return UpstreamError(f"{where} describes an unusable channel: {what}")
-
-    if not 1 <= len(info.levels) <= MAX_LEVELS:
-        raise bad(f"{len(info.levels)} resolution levels")
-    if not 1 <= info.num_time_samples <= MAX_TIME_SAMPLES:
-        raise bad(f"{info.num_time_samples} time samples")
-    for r, level in enumerate(info.levels):
-        if not all(math.isfinite(v) and v > 0 for v in level.voxel_size):
-            raise bad(f"level {r} voxel size {level.voxel_size}")
-        start, stop = level.bounds.start, level.bounds.stop
-        if not all(-MAX_COORDINATE <= a < b <= MAX_COORDINATE
-                   for a, b in zip(start, stop, strict=True)):
-            raise bad(f"level {r} extent {start} to {stop}")
-        if not all(abs(o) <= MAX_COORDINATE for o in level.origin):
-            raise bad(f"level {r} grid origin {level.origin}")
-        cuboid = level.cuboid
-        if (not all(1 <= c <= MAX_CUBOID_SIDE for c in cuboid)
-                or cuboid.prod() * info.dtype.itemsize > MAX_CUBOID_BYTES):
-            raise bad(f"level {r} cuboid {cuboid.x}×{cuboid.y}×{cuboid.z}")
-    return info
-
-
-def token_digest(token: str | None) -> str:
-    """A short, one-way name for a credential: safe in cache keys and logs."""
-    if not token:
-        return "anon"
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def default_cuboid(chunk: tuple[int, int, int], target: Vec3 = BOSS_CUBOID) -> Vec3:
-    """The largest multiple of ``chunk`` per axis that fits ``target`` (at least one chunk).
-
-    Small store chunks (64³, say) would make one cache entry per tiny file; growing them toward
-    Boss's 512×512×16 keeps entries big enough to amortise a lookup, while staying aligned.
-    """
-    return Vec3(*(c * max(1, t // c) for c, t in zip(chunk, target, strict=True)))
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    secret: ClassVar[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +92,19 @@ class Upstream(ABC):
     #: through verbatim (``boss_json``) instead of being synthesised from ``channel_info``
     passthrough: ClassVar[bool] = False
 
+    #: the kind's own options (a subclass names its model here, and narrows ``options``)
+    Options: ClassVar[type[NoOptions]] = NoOptions
+    options: NoOptions
+
+    @property
+    def partitioned(self) -> bool:
+        """True when each caller's own credential goes upstream, so what is cached is kept
+        apart per caller (by a hash of the credential)."""
+        return False
+
     def __init__(self, source: SourceSettings, context: UpstreamContext | None = None) -> None:
         self.source = source
+        self.options = self.Options.model_validate(source.options)
         self._owns_http = context is None
         self.context = context or UpstreamContext(HttpPool())
 
@@ -225,17 +132,12 @@ class Upstream(ABC):
         return HttpSettings(connect=src.connect_timeout, read=src.read_timeout, total=src.timeout,
                             retries=src.retries)
 
-    #: Source options that change the bytes a read returns or what they mean: part of the
-    #: identity, so changing any of them (and restarting on the same disk) never serves bytes
-    #: cached under the old value.
-    BYTE_OPTIONS: ClassVar[tuple[str, ...]] = (
-        "channel_index", "axes", "fill_missing", "type", "voxel_size", "voxel_unit", "instance",
-    )
-
     @functools.cached_property
     def _options(self) -> str:
-        # cached: settings are frozen, and identity is asked for every cache key
-        return ",".join(f"{name}={getattr(self.source, name)!r}" for name in self.BYTE_OPTIONS)
+        # every option of the kind but its secrets: an option that changes the bytes a read
+        # returns, or what they mean, must change the identity (and so every cache key); cached
+        # because settings are frozen and the identity is asked for every cache key
+        return self.options.model_dump_json(exclude=set(self.Options.secret))
 
     @property
     def identity(self) -> str:
@@ -246,8 +148,7 @@ class Upstream(ABC):
     def memo_prefix(self) -> str:
         """Where this source's metadata is remembered (``context.memo``): the source as
         configured (a DVID branch, not the node it led to, which is itself remembered)."""
-        src = self.source
-        raw = f"{self.kind}:{src.url}:{src.uuid}:{self._options}"
+        raw = f"{self.kind}:{self.source.url}:{self._options}"
         return f"meta1/{self.kind}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
     @property
@@ -310,63 +211,3 @@ class Upstream(ABC):
             await self.worker.aclose()
         if self._owns_http:
             await self.context.http.aclose()
-
-
-class Registry:
-    """Upstream kinds by name: built-ins plus the ``relay.upstreams`` entry-point group."""
-
-    BUILTINS: ClassVar[dict[str, str]] = {
-        "zarr": "relay.upstreams.zarr:ZarrUpstream",
-        "precomputed": "relay.upstreams.precomputed:PrecomputedUpstream",
-        "boss": "relay.upstreams.boss:BossUpstream",
-        "dvid": "relay.upstreams.dvid:DvidUpstream",
-    }
-    GROUP: ClassVar[str] = "relay.upstreams"
-
-    def __init__(self) -> None:
-        self._targets: dict[str, str | type[Upstream]] = dict(self.BUILTINS)
-        self._entry_points_loaded = False
-
-    def register(self, name: str, target: str | type[Upstream], *, replace: bool = False) -> None:
-        """Add a kind; ``target`` is a class or a ``"module:Class"`` path."""
-        self._load_entry_points()
-        self._add(name, target, replace=replace)
-
-    def _add(self, name: str, target: str | type[Upstream], *, replace: bool) -> None:
-        if name in self._targets and not replace:
-            raise ValueError(f"upstream kind {name!r} is already registered")
-        self._targets[name] = target
-
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for ep in entry_points(group=self.GROUP):
-            try:
-                self._add(ep.name, ep.value, replace=False)
-            except ValueError:
-                log.warning(
-                    "ignoring entry point %s = %s: kind %r is already registered",
-                    ep.name, ep.value, ep.name,
-                )
-
-    def kinds(self) -> list[str]:
-        self._load_entry_points()
-        return sorted(self._targets)
-
-    def get(self, name: str) -> type[Upstream]:
-        self._load_entry_points()
-        target = self._targets[name]
-        if isinstance(target, str):
-            module_name, _, attr = target.partition(":")
-            module = importlib.import_module(module_name)
-            target = getattr(module, attr)
-            assert isinstance(target, type) and issubclass(target, Upstream), target
-            self._targets[name] = target
-        return target
-
-    def create(self, source: SourceSettings, context: UpstreamContext | None = None) -> Upstream:
-        return self.get(source.kind)(source, context)
-
-
-registry = Registry()

@@ -24,21 +24,20 @@ from typing import Any
 import numpy as np
 
 from ..codecs import DTYPES, decode_blosc
-from ..config import NAME_PATTERN
 from ..errors import ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
-from ._http import describe, json_body
-from .base import (
+from ..model import (
     BOSS_CUBOID,
+    NAME_PATTERN,
     ChannelInfo,
     ChannelRef,
     Level,
-    Upstream,
-    UpstreamContext,
     checked_info,
     default_cuboid,
     token_digest,
 )
+from ._http import describe, json_body
+from .base import NoOptions, Upstream, UpstreamContext
 
 __all__ = ["BossUpstream"]
 
@@ -55,9 +54,20 @@ _MIN_CUBOID_VOXELS = 32**3
 _NAME = re.compile(NAME_PATTERN)
 
 
+class BossOptions(NoOptions):
+    #: the credential sent upstream as ``Authorization: Token …``
+    token: str | None = None
+    #: send each caller's own Authorization upstream instead of ``token``; cached entries are
+    #: then partitioned by a hash of it
+    forward_client_token: bool = False
+    secret = frozenset({"token"})
+
+
 class BossUpstream(Upstream):
     kind = "boss"
     passthrough = True
+    Options = BossOptions
+    options: BossOptions
 
     def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
         super().__init__(source, context)
@@ -75,9 +85,13 @@ class BossUpstream(Upstream):
         return self._base
 
     def authorization(self, caller: str | None) -> str | None:
-        if self.source.forward_client_token:
+        if self.options.forward_client_token:
             return caller
-        return f"Token {self.source.token}" if self.source.token else None
+        return f"Token {self.options.token}" if self.options.token else None
+
+    @property
+    def partitioned(self) -> bool:
+        return self.options.forward_client_token
 
     def _headers(self, caller: str | None, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}

@@ -25,21 +25,14 @@ from typing import Any
 
 import lz4.block
 import numpy as np
+from pydantic import Field
 
 from ..codecs import DTYPES
 from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
+from ..model import ChannelInfo, ChannelRef, Level, checked_info, default_cuboid
 from ._http import Reply, describe, json_body
-from .base import (
-    DOWN_FOR,
-    ChannelInfo,
-    ChannelRef,
-    Level,
-    Upstream,
-    UpstreamContext,
-    checked_info,
-    default_cuboid,
-)
+from .base import DOWN_FOR, NoOptions, Upstream, UpstreamContext
 
 __all__ = ["DvidUpstream"]
 
@@ -75,14 +68,20 @@ def _client_error(response: Reply) -> RelayError:
     return BadRequest(f"DVID: {text}")
 
 
+class DvidOptions(NoOptions):
+    #: the node: a UUID, a unique prefix, ``prefix:branch`` or ``:branch`` (the branch's leaf)
+    uuid: str = Field(pattern=r"^[0-9a-fA-F]*(:[A-Za-z0-9_.-]*)?$")
+    #: the data instance (default: the channel name)
+    instance: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+
+
 class DvidUpstream(Upstream):
     kind = "dvid"
+    Options = DvidOptions
+    options: DvidOptions
 
     def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
         super().__init__(source, context)
-        if not source.uuid:
-            raise ConfigError(f"dvid source {source.collection}/{source.experiment}/"
-                              f"{source.channel} needs 'uuid:' (a UUID, prefix or :branch)")
         self._base = source.url.rstrip("/")
         self._where = describe(self._base, "DVID at")
         self._opened: dict[str, _Opened] = {}
@@ -90,10 +89,10 @@ class DvidUpstream(Upstream):
     @property
     def store_identity(self) -> str:
         nodes = sorted({o.node for o in self._opened.values()})
-        return f"{self._base}:{','.join(nodes) or self.source.uuid}"
+        return f"{self._base}:{','.join(nodes) or self.options.uuid}"
 
     def _instance_name(self, ref: ChannelRef) -> str:
-        return self.source.instance or ref.channel
+        return self.options.instance or ref.channel
 
     async def _get_json(self, path: str) -> Any:
         response = await self.context.http.get(f"{self._base}/api/{path}", self.http_settings,
@@ -102,7 +101,7 @@ class DvidUpstream(Upstream):
 
     async def _resolve_node(self, instance: str) -> tuple[str, dict[str, Any]]:
         """The concrete UUID of the configured node, and its repo's info."""
-        spec = str(self.source.uuid)
+        spec = str(self.options.uuid)
         prefix, colon, branch = spec.partition(":")
         if colon and not prefix:
             repos = await self._get_json("repos/info")

@@ -29,8 +29,9 @@ from cloudvolume.exceptions import InfoUnavailableError
 
 from ..errors import ConfigError, ResourceNotFound, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
-from ._levels import boss_dtype, channel_type, make_level, voxel_unit
-from .base import ChannelInfo, ChannelRef, Upstream, UpstreamContext, checked_info
+from ..model import ChannelInfo, ChannelRef, checked_info
+from ._levels import FileOptions, boss_dtype, channel_type, make_level, voxel_unit
+from .base import Upstream, UpstreamContext
 
 __all__ = ["PrecomputedUpstream"]
 
@@ -78,8 +79,16 @@ class _BoundedAdapter(requests.adapters.HTTPAdapter):
 HttpInterface.adaptor = _BoundedAdapter(pool_maxsize=64)
 
 
+class PrecomputedOptions(FileOptions):
+    #: a missing chunk file reads as zeros (sparse volumes skip all-black chunks); false makes
+    #: it an error, so a misconfigured URL cannot pass for black voxels
+    fill_missing: bool = True
+
+
 class PrecomputedUpstream(Upstream):
     kind = "precomputed"
+    Options = PrecomputedOptions
+    options: PrecomputedOptions
 
     _volumes: tuple[Any, ...] = ()
     _info: ChannelInfo | None = None
@@ -110,7 +119,7 @@ class PrecomputedUpstream(Upstream):
         return self._volumes, self._info
 
     def _open_blocking(self) -> tuple[tuple[Any, ...], ChannelInfo]:
-        src = self.source
+        src = self.options
 
         def open_mip(mip: int, info: Any = None) -> Any:
             # One instance per mip: download(mip=m) on a mip-0 instance checks the box
@@ -147,7 +156,7 @@ class PrecomputedUpstream(Upstream):
                     scale["voxel_offset"],
                     scale["size"],
                     scale["chunk_sizes"][0],
-                    src.cuboid,
+                    self.source.cuboid,
                 )
             )
         info = ChannelInfo(
@@ -155,7 +164,7 @@ class PrecomputedUpstream(Upstream):
             type=channel_type(dtype, src.type or _boss_type(volume.layer_type)),
             levels=tuple(levels),
             voxel_unit=voxel_unit("nanometer", src.voxel_unit),
-            description=src.description,
+            description=self.source.description,
         )
         return volumes, checked_info(info, self.where)
 
@@ -168,7 +177,7 @@ class PrecomputedUpstream(Upstream):
         volumes, info = await self._open()
         if not 0 <= level < len(info.levels):
             raise ResourceNotFound(f"resolution {level} not found")
-        channel = self.source.channel_index
+        channel = self.options.channel_index
 
         def download() -> np.ndarray:
             # missing chunks read as zeros (fill_missing): a local volume that has gone away

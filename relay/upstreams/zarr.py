@@ -35,9 +35,10 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ..errors import ConfigError, ResourceNotFound, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
+from ..model import ChannelInfo, ChannelRef, Level, checked_info
 from ._http import METADATA_MAX_BYTES, fsspec_client_kwargs
-from ._levels import boss_dtype, channel_type, make_level, voxel_unit
-from .base import ChannelInfo, ChannelRef, Level, Upstream, checked_info
+from ._levels import FileOptions, boss_dtype, channel_type, make_level, voxel_unit
+from .base import Upstream
 
 __all__ = ["ZarrUpstream"]
 
@@ -76,8 +77,15 @@ def _parent(url: str) -> tuple[str, str] | None:
     return head, last
 
 
+class ZarrOptions(FileOptions):
+    #: axis names of a plain array without names of its own, in its order, e.g. zyx or czyx
+    axes: str | None = None
+
+
 class ZarrUpstream(Upstream):
     kind = "zarr"
+    Options = ZarrOptions
+    options: ZarrOptions
 
     _opened: _Opened | None = None
     _lock: asyncio.Lock | None = None
@@ -138,7 +146,7 @@ class ZarrUpstream(Upstream):
     async def _parent_axes(self, url: str) -> str | None:
         """The OME axes of the group ``url`` is a dataset of, if it is one."""
         parent = _parent(url)
-        if parent is None or self.source.axes:
+        if parent is None or self.options.axes:
             return None
         group_url, path = parent
         store = self._make_store(group_url, main=False)
@@ -159,7 +167,7 @@ class ZarrUpstream(Upstream):
                                  for a in ms.get("axes") or []])
 
     def _open_plain(self, array: AsyncArray[Any], ome_axes: str | None) -> _Opened:
-        src = self.source
+        src = self.options
         own = _axes_from_names(getattr(array.metadata, "dimension_names", None))
         if src.axes and own and own != src.axes:
             raise ConfigError(
@@ -201,7 +209,7 @@ class ZarrUpstream(Upstream):
             if names and own and own != names:
                 raise ConfigError(f"{self.where}: dataset {dataset['path']!r} names its axes "
                                   f"{own!r} but the multiscales say {names!r}")
-            axes = self.source.axes or names or own or _DEFAULT_AXES.get(node.ndim, "")
+            axes = self.options.axes or names or own or _DEFAULT_AXES.get(node.ndim, "")
             self._check_axes(axes, node.ndim)
             outer_scale, _ = _transforms(ms.get("coordinateTransformations"), len(axes))
             scale, translation = _transforms(dataset.get("coordinateTransformations"), node.ndim)
@@ -210,11 +218,11 @@ class ZarrUpstream(Upstream):
             offset = tuple(translation[axes.index(a)] for a in "xyz")
             if base_voxel is None:
                 base_voxel = voxel
-            if self.source.voxel_size is not None:
+            if self.options.voxel_size is not None:
                 # configured voxel size overrides the store's; keep the store's level ratios
                 voxel = tuple(
                     v / b * c
-                    for v, b, c in zip(voxel, base_voxel, self.source.voxel_size, strict=True)
+                    for v, b, c in zip(voxel, base_voxel, self.options.voxel_size, strict=True)
                 )
             arrays.append(node)
             levels.append(self._level(node, axes, voxel, offset))
@@ -249,7 +257,7 @@ class ZarrUpstream(Upstream):
         levels: tuple[Level, ...],
         unit: str | None,
     ) -> _Opened:
-        src = self.source
+        src = self.options
         first = arrays[0]
         dtype = boss_dtype(first.dtype, self.where)
         channels = first.shape[axes.index("c")] if "c" in axes else 1
@@ -262,7 +270,7 @@ class ZarrUpstream(Upstream):
             levels=levels,
             voxel_unit=voxel_unit(unit, src.voxel_unit),
             num_time_samples=first.shape[axes.index("t")] if "t" in axes else 1,
-            description=src.description,
+            description=self.source.description,
         )
         return _Opened(info=checked_info(info, self.where), arrays=arrays, axes=axes)
 
@@ -283,7 +291,7 @@ class ZarrUpstream(Upstream):
         local = Box(box.start - opened.info.levels[level].origin,
                     box.stop - opened.info.levels[level].origin)
         z, y, x = local.zyx_slices()
-        picks: dict[str, int | slice] = {"t": t, "c": self.source.channel_index, "z": z, "y": y,
+        picks: dict[str, int | slice] = {"t": t, "c": self.options.channel_index, "z": z, "y": y,
                                           "x": x}
         selection = tuple(picks[a] for a in opened.axes)
         array = opened.arrays[level]

@@ -24,8 +24,10 @@ from relay.cutout import CutoutRequest, CutoutService
 from relay.errors import RelayError
 from relay.geometry import Box
 from relay.metrics import Metrics
+from relay.model import ChannelRef
 from relay.upstreams._http import HttpPool
-from relay.upstreams.base import ChannelRef, UpstreamContext, registry
+from relay.upstreams.base import UpstreamContext
+from relay.upstreams.kinds import registry
 
 from ..faults import SHAPE_XYZ, FaultServer, voxels_for
 from ..servers import RelayProcess, write_config

@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.config import Settings, SourceSettings
-from relay.upstreams.base import Upstream, registry
+from relay.upstreams.base import Upstream
+from relay.upstreams.kinds import registry
 
 SIDE = 32  # a cube: every axis order gives the same frame, only the voxels move
 
@@ -89,17 +90,30 @@ def test_turning_fill_missing_off_never_serves_cached_fill(tmp_path: Path) -> No
     assert status == 502, text
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("axes", "zyx"), ("channel_index", 1), ("fill_missing", False), ("type", "annotation"),
-    ("voxel_size", (8.0, 8.0, 40.0)), ("voxel_unit", "micrometers"), ("instance", "other"),
-    ("url", "file:///elsewhere"),
+@pytest.mark.parametrize(("kind", "option", "value"), [
+    ("zarr", "axes", "zyx"), ("zarr", "channel_index", 1), ("precomputed", "fill_missing", False),
+    ("zarr", "type", "annotation"), ("zarr", "voxel_size", (8.0, 8.0, 40.0)),
+    ("precomputed", "voxel_unit", "micrometers"), ("dvid", "instance", "other"),
+    ("dvid", "uuid", "abc1"), ("zarr", "url", "file:///elsewhere"),
 ])
-def test_every_byte_changing_option_is_part_of_the_identity(option: str, value: Any) -> None:
-    base = SourceSettings(collection="c", kind="zarr", url="file:///data")
-    changed = base.model_copy(update={option: value})
+def test_every_byte_changing_option_is_part_of_the_identity(kind: str, option: str,
+                                                            value: Any) -> None:
+    extra = {"uuid": "ab12"} if kind == "dvid" else {}
+    base = SourceSettings(collection="c", kind=kind, url="file:///data", **extra)
+    changed = SourceSettings(**{**base.model_dump(), **(base.model_extra or {}),
+                                option: value})
 
     def digest(source: SourceSettings) -> str:
         upstream: Upstream = registry.create(source)
         return upstream.identity_digest
 
     assert digest(changed) != digest(base)
+
+
+def test_a_changed_token_keeps_the_cache() -> None:
+    """A secret option (a boss source's token) is not part of the identity."""
+    def digest(token: str) -> str:
+        source = SourceSettings(collection="*", kind="boss", url="http://x", token=token)
+        return registry.create(source).identity_digest
+
+    assert digest("one") == digest("two")

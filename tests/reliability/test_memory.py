@@ -24,8 +24,9 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.config import Settings, SourceSettings
 from relay.geometry import Box
+from relay.model import ChannelRef
 from relay.protocol import BoundedHttpToolsProtocol
-from relay.upstreams.base import ChannelRef, Registry
+from relay.upstreams.kinds import Registry
 
 from ..servers import RelayProcess, ThreadedServer, write_config
 from .conftest import RssPeak
