@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,11 @@ from typing import Any
 import pytest
 
 pytest.register_assert_rewrite("relay.testing")
+
+#: An upstream kind from outside the relay, found through its entry point (tests/plugin): on
+#: the path before the relay first looks for plugins.
+PLUGIN_PATH = Path(__file__).resolve().parent / "plugin"
+sys.path.insert(0, str(PLUGIN_PATH))
 
 from starlette.testclient import TestClient  # noqa: E402
 
