@@ -38,8 +38,8 @@ from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
 from .metrics import Metrics
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
-from .upstreams._http import HttpPool
 from .upstreams.base import UpstreamContext
+from .upstreams.http import HttpPool
 from .upstreams.kinds import Registry, registry
 
 __all__ = ["SETTINGS_ENV", "build_cache", "build_memo", "check_required", "create_app",

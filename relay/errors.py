@@ -10,7 +10,7 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     │   ├── InvalidUrl (400, 1000)               bad time range
     │   ├── InvalidCutoutArgs (400, 1001)        out of frame, start >= stop, bad access-mode
     │   ├── InvalidResolution (400, 1002)        resolution outside the channel's levels
-    │   ├── TypeError_ (400, 1002)               a range that is not two integers
+    │   ├── CutoutTypeError (400, 1002)          a range that is not two integers
     │   ├── DatatypeMismatch (400, 2001)         JPEG on a non-uint8 channel
     │   ├── DatatypeNotSupported (400, 2003)     filter= on an image channel
     │   ├── Unsupported4D (400, 2005)            JPEG with a time range
@@ -25,6 +25,8 @@ Each class carries the HTTP status and the BossDB error code it renders as; one 
     ├── Overloaded (503, 9001)                   at a limit: requests, connections, bytes in
     │                                            flight (with Retry-After)
     ├── LoopDetected (508, 5008)                 the request came round a chain of relays
+    ├── PassThroughError (any, any)              an upstream relay's own BossDB error, its
+    │                                            status and code kept across a chain
     └── UpstreamError (502, 5000)                the upstream failed or sent bad data
         ├── UpstreamUnavailable (503, 5001)      unreachable, or busy (429/503)
         ├── UpstreamTimeout (504, 5002)          no answer within the source's timeout
@@ -40,6 +42,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequest",
     "ConfigError",
+    "CutoutTypeError",
     "DatatypeMismatch",
     "DatatypeNotSupported",
     "InvalidCutoutArgs",
@@ -50,12 +53,12 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "Overloaded",
+    "PassThroughError",
     "RelayError",
     "RequestHeadTooLarge",
     "RequestTimeout",
     "RequestTooLarge",
     "ResourceNotFound",
-    "TypeError_",
     "Unauthorized",
     "Unsupported4D",
     "UnsupportedVersion",
@@ -73,7 +76,7 @@ _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x1f\x7f]+")
 
 class RelayError(Exception):
     # Plain attributes, not ClassVars: an upstream's own error keeps its status and code
-    # across a chain (``upstreams._http.PassThroughError`` sets them per instance).
+    # across a chain (``upstreams.http.PassThroughError`` sets them per instance).
     status: int = 500
     code: int = 9002
     default_message: ClassVar[str] = "Internal error"
@@ -114,7 +117,7 @@ class InvalidResolution(BadRequest):
     code = 1002
 
 
-class TypeError_(BadRequest):
+class CutoutTypeError(BadRequest):
     code = 1002
 
 
@@ -189,6 +192,15 @@ class LoopDetected(RelayError):
     status = 508
     code = 5008
     default_message = "Request loop detected"
+
+
+class PassThroughError(RelayError):
+    """An upstream's own BossDB error, re-raised with its status and code."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class UpstreamError(RelayError):

@@ -9,7 +9,7 @@ guard, for loops through proxies that add ``Via`` but are not relays.
 
 The edge (``api.middleware.EdgeMiddleware``) checks an incoming ``Via`` with ``Hops.check``
 and keeps it in ``incoming_via`` while the request is handled; the HTTP seam
-(``upstreams._http``) sends ``Hops.upstream_via()`` with every upstream request. Work shared
+(``upstreams.http``) sends ``Hops.upstream_via()`` with every upstream request. Work shared
 between requests (one upstream read several requests wait for) carries the ``Via`` of the
 request that started it.
 """

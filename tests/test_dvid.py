@@ -258,11 +258,11 @@ def test_double_block_endpoints(served: tuple[DvidDouble, str, str]) -> None:
     (400, "bad size specified: '0_0_0' (/api/node/a/x/raw/0_1_2/0_0_0/0_0_0).", BadRequest),
 ])
 def test_dvid_plain_text_errors_are_mapped(status: int, text: str, error: type) -> None:
-    from relay.upstreams._http import Reply
     from relay.upstreams.dvid import _client_error
+    from relay.upstreams.http import Reply
 
     mapped = _client_error(Reply(status, {}, text.encode()))
-    assert type(mapped) is error
+    assert mapped is not None and type(mapped) is error
     assert text[:40] in mapped.message
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from .. import metadata
 from ..budget import ByteBudget
@@ -22,6 +23,7 @@ from ..catalog import Channel
 from ..codecs import MediaType, check_encodable, encode, encoding_bytes, negotiate
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import (
+    CutoutTypeError,
     DatatypeNotSupported,
     InvalidCutoutArgs,
     InvalidResolution,
@@ -30,12 +32,11 @@ from ..errors import (
     RelayError,
     RequestTooLarge,
     ResourceNotFound,
-    TypeError_,
 )
 from ..geometry import Box, Vec3
 from .common import caller_token, catalog_of, channel_for, check_names, show, stale_headers
 from .responses import BodyResponse
-from .routing import add_route
+from .routing import Router, add_route
 
 __all__ = ["check_size", "cutout_nbytes", "router"]
 
@@ -45,7 +46,7 @@ _RESOLUTION = re.compile(r"[0-9]")
 _ID = re.compile(r"[0-9]{1,20}")
 _ENCODE_IN_THREAD_BYTES = 1 << 20
 
-router = APIRouter()
+router = Router()
 
 
 def _route(path: str, endpoint: Callable[..., Any]) -> None:
@@ -182,7 +183,7 @@ def check_size(request: Request, nbytes: int) -> None:
 def _range(text: str, what: str) -> tuple[int, int]:
     match = _RANGE.fullmatch(text)
     if match is None:
-        raise TypeError_(f"Type error in cutout argument {what}: {show(text)}")
+        raise CutoutTypeError(f"Type error in cutout argument {what}: {show(text)}")
     return int(match[1]), int(match[2])
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
-from .routing import add_route
+from .routing import Router, add_route
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = Router()
 
 
 def _gauges(request: Request) -> dict[str, int]:

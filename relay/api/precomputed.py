@@ -19,7 +19,8 @@ import re
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ..budget import ByteBudget
 from ..catalog import Channel
@@ -29,11 +30,11 @@ from ..geometry import Box, Vec3
 from .boss import check_size
 from .common import caller_token, channel_for, stale_headers
 from .responses import BodyResponse
-from .routing import add_route
+from .routing import Router, add_route
 
 __all__ = ["info_json", "router"]
 
-router = APIRouter()
+router = Router()
 
 # ASCII digits only: \d also takes other scripts' digits, which int() would then accept
 _N = "([0-9]{1,10})"

@@ -24,7 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, compile_path
 
-__all__ = ["add_route", "served_routes"]
+__all__ = ["Router", "add_route", "served_routes"]
+
+#: A handler module's routes: FastAPI's router, for the documented twins it collects (this and
+#: app.py's document builder are the only places FastAPI is used).
+Router = APIRouter
 
 
 class _Plain(Route):
@@ -37,7 +41,7 @@ class _Plain(Route):
         self.slash_optional = slash_optional
 
 
-def add_route(router: APIRouter, path: str, endpoint: Callable[..., Any],
+def add_route(router: Router, path: str, endpoint: Callable[..., Any],
               methods: Sequence[str] = ("GET",), *, slash_optional: bool = False) -> None:
     """Serve ``endpoint(request, **path_params)`` at ``path`` (and documented there). A plain
     JSON result is sent as a JSONResponse."""
@@ -55,7 +59,7 @@ def add_route(router: APIRouter, path: str, endpoint: Callable[..., Any],
     router.add_api_route(path, documented, methods=list(methods), response_model=None)
 
 
-def served_routes(router: APIRouter, prefixes: Sequence[str] = ("",)) -> list[BaseRoute]:
+def served_routes(router: Router, prefixes: Sequence[str] = ("",)) -> list[BaseRoute]:
     """The plain routes of ``router``, each under every one of ``prefixes``: what the relay
     actually serves. A route's ``path`` names the first prefix."""
     head = "^(?:" + "|".join(re.escape(prefix) for prefix in prefixes) + ")"

@@ -13,7 +13,8 @@ from ..geometry import Box, Vec3
 from ..model import ChannelType, Level, VoxelUnit, default_cuboid
 from .base import NoOptions
 
-__all__ = ["FileOptions", "boss_dtype", "channel_type", "make_level", "voxel_unit"]
+__all__ = ["FileOptions", "boss_dtype", "channel_type", "make_level", "overridden",
+           "voxel_unit"]
 
 class FileOptions(NoOptions):
     """Options of the kinds that read a file format (zarr, precomputed)."""
@@ -70,6 +71,15 @@ def voxel_unit(unit: str | None, configured: str | None) -> str:
         return "nanometers"
     unit = unit.lower()
     return _UNITS.get(unit, unit if unit in _UNITS.values() else "nanometers")
+
+
+def overridden(voxel: Sequence[float], base: Sequence[float],
+               configured: Sequence[float] | None) -> tuple[float, ...]:
+    """A level's voxel size with the source's ``voxel_size`` in place of the store's level-0
+    one: the store's ratios between levels are kept."""
+    if configured is None:
+        return tuple(voxel)
+    return tuple(v / b * c for v, b, c in zip(voxel, base, configured, strict=True))
 
 
 def make_level(

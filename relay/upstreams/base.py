@@ -16,14 +16,15 @@ import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import ResourceNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..geometry import Box
 from ..model import (
     BOSS_CUBOID,
@@ -34,8 +35,9 @@ from ..model import (
     default_cuboid,
     token_digest,
 )
-from ._http import HttpPool, HttpSettings, describe
+from ..singleflight import SingleFlight
 from ._isolation import SourceWorker
+from .http import HttpPool, HttpSettings, describe
 
 if TYPE_CHECKING:
     from ..cache.memo import MetadataMemo
@@ -55,6 +57,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Seconds a store that could not be reached is left alone (the HTTP seam does the same for
 #: hosts it cannot connect to).
@@ -190,6 +194,36 @@ class Upstream(ABC):
 
     #: until when the store is left alone after it could not be reached, and the error then
     _down: tuple[float, UpstreamError] | None = None
+    _store_opened: Any = None
+    _opening: SingleFlight[str, Any] | None = None
+
+    async def open_once(self, open_store: Callable[[], Awaitable[T]], key: str = "") -> T:
+        """What ``open_store`` made (the opened store), made once: concurrent first callers
+        share one opening; a failure is not kept, but a store that could not be reached is
+        left alone for a while (``mark_down``)."""
+        opened = self._store_opened if not key else None
+        if opened is not None:
+            return cast(T, opened)
+        self.check_down()
+        if self._opening is None:
+            self._opening = SingleFlight()
+
+        async def attempt() -> T:
+            try:
+                made = await open_store()
+            except UpstreamError as exc:
+                self.mark_down(exc)
+                raise
+            if not key:
+                self._store_opened = made
+            return made
+
+        return cast(T, await self._opening.do(key, attempt))
+
+    @staticmethod
+    def check_level(level: int, count: int) -> None:
+        if not 0 <= level < count:
+            raise ResourceNotFound(f"resolution {level} not found")
 
     def check_down(self) -> None:
         """Fail at once while the store is being left alone (see ``mark_down``)."""

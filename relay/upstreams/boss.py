@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..codecs import DTYPES, decode_blosc
-from ..errors import ResourceNotFound, UpstreamError
+from ..errors import UpstreamError
 from ..geometry import Box, Vec3
 from ..model import (
     BOSS_CUBOID,
@@ -36,8 +36,8 @@ from ..model import (
     default_cuboid,
     token_digest,
 )
-from ._http import describe, json_body
 from .base import NoOptions, Upstream, UpstreamContext
+from .http import describe, json_body
 
 __all__ = ["BossUpstream"]
 
@@ -178,8 +178,7 @@ class BossUpstream(Upstream):
         # The frame is kept as it came: every hop of a chain would otherwise compress the same
         # voxels again (about 4 ms per 4 MiB cuboid, serially, on a cold read).
         info = await self.channel_info(ref, token)
-        if not 0 <= level < len(info.levels):
-            raise ResourceNotFound(f"resolution {level} not found")
+        self.check_level(level, len(info.levels))
         # A time range makes the answer 4-D (1, z, y, x): the same bytes as (z, y, x).
         time_part = f"{t}:{t + 1}/" if info.num_time_samples > 1 else ""
         url = (f"{self._base}/v1/cutout/{ref.collection}/{ref.experiment}/{ref.channel}/"

@@ -31,8 +31,9 @@ from ..codecs import DTYPES
 from ..errors import BadRequest, ConfigError, RelayError, ResourceNotFound, UpstreamError
 from ..geometry import Box, Vec3
 from ..model import ChannelInfo, ChannelRef, Level, checked_info, default_cuboid
-from ._http import Reply, describe, json_body
+from ._levels import voxel_unit
 from .base import DOWN_FOR, NoOptions, Upstream, UpstreamContext
+from .http import Reply, describe, json_body
 
 __all__ = ["DvidUpstream"]
 
@@ -43,11 +44,7 @@ _MULTISCALE_LABELS = ("labelmap", "labelarray")
 _LABEL_TYPES = (*_MULTISCALE_LABELS, "labelblk")
 _NOT_FOUND = ("invalid data instance name", "could not find UUID", "more than one UUID")
 _UUID = re.compile(r"[0-9a-fA-F]{1,64}")
-
-
-class _EmptyLabelBlock(RelayError):
-    """DVID's 400 for a single absent label block fetched with compression (upstreams.md §1.3):
-    the block holds no data."""
+_EMPTY_BLOCK = "unable to get label block"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +56,14 @@ class _Opened:
     expires: float
 
 
-def _client_error(response: Reply) -> RelayError:
+def _client_error(response: Reply) -> RelayError | None:
+    """DVID's plain-text 4xx as the relay's error; None for its 400 on a single absent label
+    block fetched compressed, which is not an error: the block holds no data."""
     text = response.text.strip()[:200]
     if response.status == 404 or any(marker in text for marker in _NOT_FOUND):
         return ResourceNotFound(f"DVID: {text}")
-    if "unable to get label block" in text:
-        return _EmptyLabelBlock(text)
+    if _EMPTY_BLOCK in text:
+        return None
     return BadRequest(f"DVID: {text}")
 
 
@@ -128,7 +127,8 @@ class DvidUpstream(Upstream):
         memo = self.context.memo
         key = f"{self.memo_prefix}/open/{name}"
         try:
-            opened = await self._open_fresh(name)
+            # concurrent first requests for the instance share one look-up
+            opened = await self.open_once(lambda: self._open_fresh(name), key=name)
         except UpstreamError as exc:
             if isinstance(exc, ConfigError) or exc.status not in (502, 503, 504):
                 raise
@@ -222,8 +222,7 @@ class DvidUpstream(Upstream):
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
     ) -> np.ndarray | None:
         opened = await self._open(ref)
-        if not 0 <= level < len(opened.instances):
-            raise ResourceNotFound(f"resolution {level} not found")
+        self.check_level(level, len(opened.instances))
         size, start = box.size, box.start
         url = (f"{self._base}/api/node/{opened.node}/{opened.instances[level]}/raw/0_1_2/"
                f"{size.x}_{size.y}_{size.z}/{start.x}_{start.y}_{start.z}")
@@ -234,11 +233,10 @@ class DvidUpstream(Upstream):
         expected = box.voxels * opened.info.dtype.itemsize
         # raw voxels, or an LZ4 block of them (at most n + n/255 + 16 bytes)
         bound = expected + expected // 255 + 64 * 1024
-        try:
-            response = await self.context.http.get(url, self.http_settings, where=self._where,
-                                                   params=params, on_client_error=_client_error,
-                                                   max_bytes=bound)
-        except _EmptyLabelBlock:
+        response = await self.context.http.get(url, self.http_settings, where=self._where,
+                                               params=params, on_client_error=_client_error,
+                                               max_bytes=bound)
+        if response.status >= 400:  # the one 4xx _client_error lets through: no block there
             return None
         body = response.content
         if labels:
@@ -261,7 +259,6 @@ def _uuid(value: Any, what: str) -> str:
 
 
 def _unit(units: Any) -> str:
+    """The BossDB unit of DVID's ``VoxelUnits`` (a list, one per axis; the first is used)."""
     unit = units[0] if isinstance(units, list) and units else units
-    text = str(unit or "nanometers").lower()
-    return text if text in ("nanometers", "micrometers", "millimeters", "centimeters") \
-        else "nanometers"
+    return voxel_unit(str(unit) if unit else None, None)

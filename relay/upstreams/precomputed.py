@@ -16,7 +16,6 @@ hung server frees its thread after the read timeout and an endless body is cut o
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,10 +26,17 @@ from cloudfiles.interfaces import HttpInterface
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume.exceptions import InfoUnavailableError
 
-from ..errors import ConfigError, ResourceNotFound, UpstreamError, UpstreamUnavailable
+from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
 from ..model import ChannelInfo, ChannelRef, checked_info
-from ._levels import FileOptions, boss_dtype, channel_type, make_level, voxel_unit
+from ._levels import (
+    FileOptions,
+    boss_dtype,
+    channel_type,
+    make_level,
+    overridden,
+    voxel_unit,
+)
 from .base import Upstream, UpstreamContext
 
 __all__ = ["PrecomputedUpstream"]
@@ -90,8 +96,6 @@ class PrecomputedUpstream(Upstream):
     Options = PrecomputedOptions
     options: PrecomputedOptions
 
-    _volumes: tuple[Any, ...] = ()
-    _info: ChannelInfo | None = None
 
     def __init__(self, source: Any, context: UpstreamContext | None = None) -> None:
         super().__init__(source, context)
@@ -101,22 +105,9 @@ class PrecomputedUpstream(Upstream):
         parts = urlsplit(url.removeprefix(_PREFIX))
         self._local_info = (os.path.join(parts.path, "info")
                             if parts.scheme in ("", "file") else None)
-        self._lock: asyncio.Lock | None = None
 
     async def _open(self) -> tuple[tuple[Any, ...], ChannelInfo]:
-        if self._info is None:
-            if self._lock is None:
-                self._lock = asyncio.Lock()
-            self.check_down()
-            async with self._lock:
-                if self._info is None:
-                    try:
-                        self._volumes, self._info = await self.worker.call(self._open_blocking)
-                    except UpstreamError as exc:
-                        self.mark_down(exc)
-                        raise
-        assert self._info is not None
-        return self._volumes, self._info
+        return await self.open_once(lambda: self.worker.call(self._open_blocking))
 
     def _open_blocking(self) -> tuple[tuple[Any, ...], ChannelInfo]:
         src = self.options
@@ -148,8 +139,7 @@ class PrecomputedUpstream(Upstream):
         base = [float(v) for v in volume.info["scales"][0]["resolution"]]
         for scale in volume.info["scales"]:
             voxel = [float(v) for v in scale["resolution"]]
-            if src.voxel_size is not None:
-                voxel = [v / b * c for v, b, c in zip(voxel, base, src.voxel_size, strict=True)]
+            voxel = list(overridden(voxel, base, src.voxel_size))
             levels.append(
                 make_level(
                     voxel,
@@ -175,8 +165,7 @@ class PrecomputedUpstream(Upstream):
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
     ) -> np.ndarray | None:
         volumes, info = await self._open()
-        if not 0 <= level < len(info.levels):
-            raise ResourceNotFound(f"resolution {level} not found")
+        self.check_level(level, len(info.levels))
         channel = self.options.channel_index
 
         def download() -> np.ndarray:

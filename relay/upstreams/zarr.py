@@ -21,7 +21,6 @@ timeouts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +32,19 @@ from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 from zarr.storage import FsspecStore, LocalStore
 
-from ..errors import ConfigError, ResourceNotFound, UpstreamError, UpstreamUnavailable
+from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
 from ..model import ChannelInfo, ChannelRef, Level, checked_info
-from ._http import METADATA_MAX_BYTES, fsspec_client_kwargs
-from ._levels import FileOptions, boss_dtype, channel_type, make_level, voxel_unit
+from ._levels import (
+    FileOptions,
+    boss_dtype,
+    channel_type,
+    make_level,
+    overridden,
+    voxel_unit,
+)
 from .base import Upstream
+from .http import METADATA_MAX_BYTES, fsspec_client_kwargs
 
 __all__ = ["ZarrUpstream"]
 
@@ -87,8 +93,6 @@ class ZarrUpstream(Upstream):
     Options = ZarrOptions
     options: ZarrOptions
 
-    _opened: _Opened | None = None
-    _lock: asyncio.Lock | None = None
     _store: LocalStore | FsspecStore | None = None
     _bodies: Any = None  # over http: the response class whose cap is raised once open
 
@@ -108,19 +112,7 @@ class ZarrUpstream(Upstream):
         return FsspecStore.from_url(url, read_only=True, storage_options=options)
 
     async def _open(self) -> _Opened:
-        if self._opened is not None:
-            return self._opened
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        self.check_down()
-        async with self._lock:
-            if self._opened is None:
-                try:
-                    self._opened = await self.worker.run(self._open_store)
-                except UpstreamError as exc:
-                    self.mark_down(exc)
-                    raise
-        return self._opened
+        return await self.open_once(lambda: self.worker.run(self._open_store))
 
     async def _open_store(self) -> _Opened:
         """On the source's loop: open the array or group at the source's URL."""
@@ -218,12 +210,7 @@ class ZarrUpstream(Upstream):
             offset = tuple(translation[axes.index(a)] for a in "xyz")
             if base_voxel is None:
                 base_voxel = voxel
-            if self.options.voxel_size is not None:
-                # configured voxel size overrides the store's; keep the store's level ratios
-                voxel = tuple(
-                    v / b * c
-                    for v, b, c in zip(voxel, base_voxel, self.options.voxel_size, strict=True)
-                )
+            voxel = overridden(voxel, base_voxel, self.options.voxel_size)
             arrays.append(node)
             levels.append(self._level(node, axes, voxel, offset))
         if not arrays:
@@ -286,8 +273,7 @@ class ZarrUpstream(Upstream):
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
     ) -> np.ndarray | None:
         opened = await self._open()
-        if not 0 <= level < len(opened.arrays):
-            raise ResourceNotFound(f"resolution {level} not found")
+        self.check_level(level, len(opened.arrays))
         local = Box(box.start - opened.info.levels[level].origin,
                     box.stop - opened.info.levels[level].origin)
         z, y, x = local.zyx_slices()

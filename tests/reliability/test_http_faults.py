@@ -25,8 +25,8 @@ from relay.errors import RelayError
 from relay.geometry import Box
 from relay.metrics import Metrics
 from relay.model import ChannelRef
-from relay.upstreams._http import HttpPool
 from relay.upstreams.base import UpstreamContext
+from relay.upstreams.http import HttpPool
 from relay.upstreams.kinds import registry
 
 from ..faults import SHAPE_XYZ, FaultServer, voxels_for

@@ -10,7 +10,8 @@ body: the seam's own type, so no upstream depends on the library), or a ``RelayE
   gateway, broken transfer) or 504 (timeouts);
 - a read timeout is not retried: a server that is slow once is likely slow again, and retrying
   would multiply the client's wait;
-- a 4xx is not retried: it goes to the caller's ``on_client_error`` (a BossDB JSON error keeps its
+- a 4xx is not retried: it goes to the caller's ``on_client_error``, which makes the error to
+  raise, or None to have the reply returned as it is (a BossDB JSON error keeps its
   status and code across a chain; DVID's plain-text errors are mapped by the DVID upstream);
 - the whole call, retries included, is bounded by ``total`` seconds;
 - a body is never read past ``max_bytes`` (what the caller expects, e.g. one cuboid's bytes
@@ -45,10 +46,16 @@ from tenacity.wait import wait_exponential_jitter
 from yarl import URL
 
 from .. import __version__
-from ..errors import RelayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    PassThroughError,
+    RelayError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..hops import Hops
 
-__all__ = ["METADATA_MAX_BYTES", "HttpPool", "HttpSettings", "PassThroughError", "Reply",
+__all__ = ["METADATA_MAX_BYTES", "HttpPool", "HttpSettings", "Reply",
            "boss_error_or", "describe", "fsspec_client_kwargs", "json_body"]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -111,15 +118,6 @@ class Reply:
         return json.loads(self.content)
 
 
-class PassThroughError(RelayError):
-    """An upstream's own BossDB error, re-raised with its status and code."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
 class _Retryable(Exception):
     """A failure worth another try; carries the error to raise if none is left."""
 
@@ -129,6 +127,38 @@ class _Retryable(Exception):
         self.error = error
         self.retry_after = retry_after
         self.unreachable = unreachable  # no connection could be made at all
+
+
+#: aiohttp's errors, most specific first: the error each becomes, its message, and whether
+#: another try may help ("retry"), or the host is not there at all ("unreachable": it is then
+#: left alone for a while). A certificate is not retried: it will not be trusted next time
+#: either; a read timeout neither: a server slow once is likely slow again.
+_FOREIGN: tuple[tuple[type[Exception], type[RelayError], str, str], ...] = (
+    (aiohttp.ClientConnectorCertificateError, UpstreamUnavailable,
+     "cannot connect to {where}: its TLS certificate is not trusted", "final"),
+    (aiohttp.ClientSSLError, UpstreamUnavailable, "cannot connect to {where}: TLS failed",
+     "final"),
+    (aiohttp.ConnectionTimeoutError, UpstreamUnavailable, "cannot connect to {where}",
+     "unreachable"),
+    (aiohttp.ServerTimeoutError, UpstreamTimeout, "{where} did not answer in time", "final"),
+    (aiohttp.ClientConnectorError, UpstreamUnavailable, "cannot connect to {where}",
+     "unreachable"),
+    (aiohttp.ServerDisconnectedError, UpstreamError, "{where} broke off the transfer", "retry"),
+    (aiohttp.ClientPayloadError, UpstreamError, "{where} broke off the transfer", "retry"),
+    (aiohttp.ClientOSError, UpstreamError, "{where} broke off the transfer", "retry"),
+    (aiohttp.ClientError, UpstreamError, "cannot read from {where}: {name}", "final"),
+)
+
+
+def _mapped(exc: aiohttp.ClientError, where: str) -> Exception:
+    """The relay's error for one of aiohttp's (``_Retryable`` around it if worth a retry)."""
+    for foreign, error, message, then in _FOREIGN:
+        if isinstance(exc, foreign):
+            mapped = error(message.format(where=where, name=type(exc).__name__))
+            if then == "final":
+                return mapped
+            return _Retryable(mapped, unreachable=then == "unreachable")
+    raise AssertionError(exc)  # pragma: no cover - the last row catches every ClientError
 
 
 def _retry_after(response: Reply) -> float | None:
@@ -226,7 +256,7 @@ class HttpPool:
         where: str,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        on_client_error: Callable[[Reply], RelayError] = _default_client_error,
+        on_client_error: Callable[[Reply], RelayError | None] = _default_client_error,
         max_bytes: int = METADATA_MAX_BYTES,
     ) -> Reply:
         """GET ``url``; a 2xx reply with its body read (at most ``max_bytes``), or a
@@ -259,29 +289,14 @@ class HttpPool:
                                      await _read_capped(answer, cap))
             except _TooLarge as exc:
                 raise UpstreamError(f"{where} sent a body larger than expected ({exc})") from exc
-            except aiohttp.ClientConnectorCertificateError as exc:
-                # not retried: the certificate will not be trusted the next time either
-                raise UpstreamUnavailable(
-                    f"cannot connect to {where}: its TLS certificate is not trusted") from exc
-            except aiohttp.ClientSSLError as exc:
-                raise UpstreamUnavailable(f"cannot connect to {where}: TLS failed") from exc
-            except aiohttp.ConnectionTimeoutError as exc:
-                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}"),
-                                 unreachable=True) from exc
-            except aiohttp.ServerTimeoutError as exc:
-                raise UpstreamTimeout(f"{where} did not answer in time") from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise _Retryable(UpstreamUnavailable(f"cannot connect to {where}"),
-                                 unreachable=True) from exc
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                    aiohttp.ClientOSError) as exc:
-                raise _Retryable(UpstreamError(f"{where} broke off the transfer")) from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"cannot read from {where}: {type(exc).__name__}") from exc
+                raise _mapped(exc, where) from exc
             if response.status in _RETRY_STATUSES:
                 raise _Retryable(_status_error(response, where), _retry_after(response))
             if 400 <= response.status < 500:
-                raise on_client_error(response)
+                if (error := on_client_error(response)) is not None:
+                    raise error
+                return response  # a 4xx the caller reads itself
             if response.status == 508:  # a loop further down the chain: its message names it
                 raise boss_error_or(response, lambda r: _status_error(r, where))
             if not 200 <= response.status < 300:
