@@ -37,14 +37,11 @@ from .errors import RequestTooLarge, UpstreamError
 from .geometry import Box
 from .metrics import Metrics
 from .model import token_digest
+from .offload import offload
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .singleflight import SingleFlight
 
 __all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key"]
-
-#: Arrays above this many bytes are (de)compressed in a worker thread (blosc drops the GIL);
-#: below it the thread hop costs more than the work.
-_THREAD_BYTES = 256 * 1024
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
@@ -70,14 +67,25 @@ class CutoutRequest:
 
 @dataclass(frozen=True, slots=True)
 class Cutout:
-    data: np.ndarray              # read-only: it may be a cached cuboid itself
+    """What a request gets: its voxels (read-only: they may be a cached cuboid itself), or,
+    when the caller takes one and the request is exactly one cuboid, that cuboid's stored
+    Blosc frame (then ``data`` may be None: the frame is sent without decoding it)."""
+
+    data: np.ndarray | None
     #: None when every cuboid was fresh; else the age in seconds of the oldest stale cuboid
     #: served in place of an upstream read that failed (stale-if-error)
     stale_age: float | None = None
+    frame: memoryview | None = None
+
+    @property
+    def voxels(self) -> np.ndarray:
+        assert self.data is not None, "a frame-only answer has no voxels"
+        return self.data
 
 
-#: What one cuboid's flight yields: its voxels, and their age if they are stale.
-_Loaded = tuple[np.ndarray, float | None]
+#: What one cuboid's flight yields: its voxels, their age if they are stale, and the packed
+#: value they were read from or stored as (None when held decoded, or stale).
+_Loaded = tuple[np.ndarray, float | None, bytes | None]
 
 
 def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
@@ -129,7 +137,15 @@ class CutoutService:
         # Bounds the cuboid reads one request keeps in flight at once.
         self._max_parallel = max_parallel
 
-    async def cached_blosc(self, request: CutoutRequest) -> memoryview | None:
+    async def answer(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
+        """What the handler sends, in one call: with ``frame_ok`` (the answer is a Blosc1
+        frame of the voxels, unfiltered) and a request of exactly one cuboid, that cuboid's
+        stored frame, warm or just read; otherwise the voxels."""
+        if frame_ok and (frame := await self._stored_frame(request)) is not None:
+            return Cutout(None, frame=frame)
+        return await self.read_cutout(request, frame_ok)
+
+    async def _stored_frame(self, request: CutoutRequest) -> memoryview | None:
         """The cached Blosc frame of the one cuboid a request is exactly, or None.
 
         The fast path for warm aligned reads (what intern's and neuroglancer's cuboid-sized
@@ -153,9 +169,9 @@ class CutoutService:
         return frame
 
     async def read(self, request: CutoutRequest) -> np.ndarray:
-        return (await self.read_cutout(request)).data
+        return (await self.read_cutout(request)).voxels
 
-    async def read_cutout(self, request: CutoutRequest) -> Cutout:
+    async def read_cutout(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
         info = request.channel.info
         level = info.levels[request.resolution]
         times = request.times if request.times is not None else range(1)
@@ -175,15 +191,21 @@ class CutoutService:
             # exactly one whole cuboid (what intern and neuroglancer mostly ask for): the
             # cuboid's own read-only array is the answer; no zeroed output, no copy
             _, t, cuboid, key = jobs[0]
-            data, stale_age = await self.cuboid(request, key, t, cuboid.box)
-            return Cutout(data, stale_age)
+            data, stale_age, packed = await self.cuboid(request, key, t, cuboid.box)
+            frame = None
+            if frame_ok and stale_age is None and packed is not None:
+                # just read (or found on disk): the frame it was stored as is the answer
+                frame = packed_blosc_frame(packed, request.box.shape_zyx, info.dtype)
+                if frame is not None:
+                    self.metrics.inc("stored_frame_hits_total")
+            return Cutout(data, stale_age, frame)
         out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
         limit = asyncio.Semaphore(self._max_parallel)
         stale_ages: list[float] = []
 
         async def fill(ti: int, t: int, cuboid: CuboidPlan, key: str) -> None:
             async with limit:
-                data, stale_age = await self.cuboid(request, key, t, cuboid.box)
+                data, stale_age, _ = await self.cuboid(request, key, t, cuboid.box)
             out[ti][cuboid.dst] = data[cuboid.src]
             if stale_age is not None:
                 stale_ages.append(stale_age)
@@ -212,7 +234,7 @@ class CutoutService:
         """The voxels of the cuboid ``box`` cached under ``key``: held, cached or fetched."""
         # the decoded copy is looked up without awaiting, so before the flight is safe
         if (held := self._held(key, request)) is not None:
-            return held, None
+            return held, None, None
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
@@ -245,12 +267,12 @@ class CutoutService:
             data = await self._unpack(packed, channel, box)
             if data is not None:
                 self.decoded.put(key, (data, fetched_at or 0.0))
-                return data, None
+                return data, None, packed
             assert self.cache is not None
             await self.cache.delete(key)
             packed = None
         try:
-            data, fetched_at = await self._fetch(key, request, t, box, use_cache)
+            data, fetched_at, stored = await self._fetch(key, request, t, box, use_cache)
         except UpstreamError:
             if packed is None or stale_window is None:
                 raise
@@ -263,15 +285,16 @@ class CutoutService:
             if data is None:
                 raise
             self.metrics.inc("stale_served_total")
-            return data, age
+            return data, age, None
         if use_cache:
             self.decoded.put(key, (data, fetched_at))
-        return data, None
+        return data, None, stored
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
-    ) -> tuple[np.ndarray, float]:
-        """The upstream's voxels for ``box``, checked, cached, and when they were read."""
+    ) -> tuple[np.ndarray, float, bytes | None]:
+        """The upstream's voxels for ``box``, checked, cached, when they were read, and the
+        packed value stored (None when not cached)."""
         channel = request.channel
         self.metrics.inc("upstream_reads_total")
         try:
@@ -292,24 +315,20 @@ class CutoutService:
         data = np.ascontiguousarray(data)
         data.flags.writeable = False
         fetched_at = wall_clock()
+        packed = None
         if use_cache:
             assert self.cache is not None
             if frame is not None:
                 packed = pack_frame(frame, data.shape, data.dtype, fetched_at)
-            elif data.nbytes >= _THREAD_BYTES:
-                packed = await asyncio.to_thread(pack_cuboid, data, fetched_at)
             else:
-                packed = pack_cuboid(data, fetched_at)
+                packed = await offload(pack_cuboid, data, fetched_at, nbytes=data.nbytes)
             await self.cache.put(key, packed)
-        return data, fetched_at
+        return data, fetched_at, packed
 
     async def _unpack(self, packed: bytes, channel: Channel, box: Box) -> np.ndarray | None:
         """The cached cuboid, or None when the entry does not hold what the plan expects."""
         try:
-            if len(packed) >= _THREAD_BYTES:
-                data = await asyncio.to_thread(unpack_cuboid, packed)
-            else:
-                data = unpack_cuboid(packed)
+            data = await offload(unpack_cuboid, packed, nbytes=len(packed))
         except ValueError:
             self.metrics.inc("cache_bad_entries_total")
             return None

@@ -22,33 +22,11 @@ class TestDiskTier(CacheTierSuite):
         return DiskTier(path, budget)
 
 
-class TestTieredCacheAsTier(CacheTierSuite):
-    """A TieredCache of one memory tier behaves as that tier."""
+class TestTieredCache(CacheTierSuite):
+    """A TieredCache is a tier itself: of one memory tier, it behaves as that tier."""
 
     def make_tier(self, path: Path, budget: int) -> CacheTier:
-        return _TieredAdapter(TieredCache([MemoryTier(budget)]))
-
-
-class _TieredAdapter(CacheTier):
-    name = "tiered"
-
-    def __init__(self, cache: TieredCache) -> None:
-        self.cache = cache
-
-    async def get(self, key: str) -> bytes | None:
-        return await self.cache.get(key)
-
-    async def put(self, key: str, value: bytes) -> None:
-        await self.cache.put(key, value)
-
-    async def delete(self, key: str) -> None:
-        await self.cache.delete(key)
-
-    def stats(self) -> dict[str, int]:
-        return self.cache.stats()["memory"]
-
-    async def aclose(self) -> None:
-        await self.cache.aclose()
+        return TieredCache([MemoryTier(budget)])
 
 
 # --- disk ------------------------------------------------------------------------------------
@@ -175,5 +153,5 @@ async def test_tiered_failures_are_misses_not_errors() -> None:
     assert await cache.get("k") == value(1)  # memory still serves
     await cache.delete("k")
     assert cache.counters["broken_errors"] >= 3
-    assert cache.stats()["broken"] == {}
+    assert cache.tier_stats()["broken"] == {}
     await cache.aclose()

@@ -8,7 +8,6 @@ error.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from ..errors import (
     ResourceNotFound,
 )
 from ..geometry import Box, Vec3
+from ..offload import offload
 from .common import caller_token, catalog_of, channel_for, check_names, show, stale_headers
 from .responses import BodyResponse
 from .routing import Router, add_route
@@ -44,7 +44,6 @@ __all__ = ["check_size", "cutout_nbytes", "router"]
 _RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
 _RESOLUTION = re.compile(r"[0-9]")
 _ID = re.compile(r"[0-9]{1,20}")
-_ENCODE_IN_THREAD_BYTES = 1 << 20
 
 router = Router()
 
@@ -287,20 +286,14 @@ async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
     service: CutoutService = request.app.state.cutouts
     cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
                            token=caller_token(request))
-    plain_blosc = media is MediaType.BLOSC and ids is None
-    if plain_blosc and (stored := await service.cached_blosc(cutout)) is not None:
-        return stored, {}
-    result = await service.read_cutout(cutout)
-    data, headers = result.data, stale_headers(result)
-    # a cold read of exactly one cuboid has just packed it: send that frame rather than
-    # compressing the same voxels a second time
-    if plain_blosc and not headers and (stored := await service.cached_blosc(cutout)) is not None:
-        return stored, {}
+    # a plain Blosc answer of exactly one cuboid is that cuboid's stored frame, sent as it is
+    result = await service.answer(cutout, frame_ok=media is MediaType.BLOSC and ids is None)
+    if result.frame is not None:
+        return result.frame, {}
+    data = result.voxels
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(chan.info.dtype, copy=False)
-    if data.nbytes >= _ENCODE_IN_THREAD_BYTES:
-        return await asyncio.to_thread(encode, data, media), headers
-    return encode(data, media), headers
+    return await offload(encode, data, media, nbytes=data.nbytes), stale_headers(result)
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"

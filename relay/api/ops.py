@@ -31,7 +31,7 @@ def _gauges(request: Request) -> dict[str, int]:
         gauges["cache_pending_writes"] = cache.pending_writes
         for name, value in cache.counters.items():
             gauges[f"cache_{name}_total"] = value
-        for tier, stats in cache.stats().items():
+        for tier, stats in cache.tier_stats().items():
             for name, value in stats.items():
                 gauges[f"cache_{tier}_{name}"] = value
     return gauges

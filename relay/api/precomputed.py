@@ -13,7 +13,6 @@ Chunks are gzip-encoded when the client accepts it.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import re
 from typing import Any
@@ -27,6 +26,7 @@ from ..catalog import Channel
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
+from ..offload import offload
 from .boss import check_size
 from .common import caller_token, channel_for, stale_headers
 from .responses import BodyResponse
@@ -41,7 +41,6 @@ _N = "([0-9]{1,10})"
 _CHUNK = re.compile(f"{_N}-{_N}_{_N}-{_N}_{_N}-{_N}")
 _KEY = re.compile(r"[0-9]{1,2}")
 _NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
-_GZIP_IN_THREAD_BYTES = 256 * 1024
 
 
 def info_json(channel: Channel) -> dict[str, Any]:
@@ -99,12 +98,9 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
                                                          token=caller_token(request)))
         headers.update(stale_headers(result))
         # C-order (z, y, x) bytes are precomputed's x-fastest raw layout: sent as they are
-        body: bytes | memoryview = np.ascontiguousarray(result.data).data.cast("B")
+        body: bytes | memoryview = np.ascontiguousarray(result.voxels).data.cast("B")
         if gzipped:
-            if nbytes >= _GZIP_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(gzip.compress, body, 1)
-            else:
-                body = gzip.compress(body, 1)
+            body = await offload(gzip.compress, body, 1, nbytes=nbytes)
             headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
             reservation.shrink(len(body))

@@ -1,5 +1,8 @@
 """Tiers stacked fastest first: read-through with promotion, and write-behind below the top.
 
+A ``TieredCache`` is itself a ``CacheTier`` (it passes ``CacheTierSuite``): what it holds is
+what its fastest tier holds, and a value on its way to a slower tier (below) stays readable.
+
 Every tier call goes through ``_guard``: an exception from a tier is counted, logged once per
 tier and kind, and becomes a miss (on get) or a skipped write (on put). A broken disk makes the
 relay slower, never wrong and never failing.
@@ -29,7 +32,9 @@ T = TypeVar("T")
 DEFAULT_PENDING_BYTES = 256 * 2**20
 
 
-class TieredCache:
+class TieredCache(CacheTier):
+    name = "tiered"
+
     def __init__(
         self, tiers: Sequence[CacheTier], max_pending_bytes: int = DEFAULT_PENDING_BYTES
     ) -> None:
@@ -108,7 +113,8 @@ class TieredCache:
         for tier in self.tiers:
             await self._guard(tier, "close", tier.aclose)
 
-    def stats(self) -> dict[str, dict[str, int]]:
+    def tier_stats(self) -> dict[str, dict[str, int]]:
+        """Each tier's own statistics, by tier name."""
         out: dict[str, dict[str, int]] = {}
         for tier in self.tiers:
             try:
@@ -116,6 +122,12 @@ class TieredCache:
             except Exception:
                 out[tier.name] = {}
         return out
+
+    def stats(self) -> dict[str, int]:
+        """The fastest tier's size, the writes still on their way down, and the counters."""
+        top = self.tier_stats().get(self.tiers[0].name, {}) if self.tiers else {}
+        return {"bytes": top.get("bytes", 0), "pending_writes": self.pending_writes,
+                **self.counters}
 
     async def _guard(
         self, tier: CacheTier, op: str, call: Callable[[], Awaitable[T]]

@@ -14,7 +14,6 @@ token becomes part of the metadata cache key here and of the cuboid cache key in
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -36,6 +35,7 @@ from ..model import (
     default_cuboid,
     token_digest,
 )
+from ..offload import offload
 from .base import NoOptions, Upstream, UpstreamContext
 from .http import describe, json_body
 
@@ -47,8 +47,6 @@ _UNREACHABLE = (502, 503, 504)
 _METADATA_ENTRIES = 10_000
 #: What a Blosc1 frame may add to the voxels it holds (16 bytes), generously.
 BLOSC_SLACK = 64 * 1024
-#: Frames this large are decoded in a worker thread, off the event loop.
-_DECODE_IN_THREAD_BYTES = 1 << 20
 #: An upstream grid smaller than this (voxels) is read in multiples of itself.
 _MIN_CUBOID_VOXELS = 32**3
 _NAME = re.compile(NAME_PATTERN)
@@ -190,11 +188,8 @@ class BossUpstream(Upstream):
             max_bytes=nbytes + BLOSC_SLACK,
         )
         try:
-            if nbytes >= _DECODE_IN_THREAD_BYTES:
-                data = await asyncio.to_thread(decode_blosc, response.content, info.dtype,
-                                               box.shape_zyx)
-            else:
-                data = decode_blosc(response.content, info.dtype, box.shape_zyx)
+            data = await offload(decode_blosc, response.content, info.dtype, box.shape_zyx,
+                                 nbytes=nbytes)
         except ValueError as exc:
             raise UpstreamError(f"{self._where} sent a bad cutout for {ref}: {exc}") from exc
         return data, response.content
