@@ -1,8 +1,8 @@
 """``create_app(settings)``: routes, the edge middleware, the lifespan, and the error handlers.
 
 The app that serves is a plain Starlette application over the routes' plain handlers
-(``relay.api.routing``); FastAPI only writes the OpenAPI document (``/openapi.json``, ``/docs``).
-Its router, on every request, cost more than the relay's own work on a metadata request.
+(``relay.api.routing``); FastAPI only writes the OpenAPI document (``/openapi.json``, ``/docs``),
+because its per-request machinery is heavier than the relay's own work on a small request.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
+from .metadata import BossMetadata
 from .metrics import Metrics
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams.base import UpstreamContext
@@ -172,6 +173,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.settings = settings
         app.state.cache = cache
         app.state.catalog = catalog
+        app.state.metadata = BossMetadata(catalog)
         app.state.metrics = metrics
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))

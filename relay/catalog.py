@@ -2,8 +2,8 @@
 
 Sources are matched in config order; the first whose collection / experiment / channel
 patterns match wins ("*" matches any name). A source that speaks the BossDB dialect itself
-(``Upstream.passthrough``) answers metadata for the names it claims first with its own JSON,
-and its wildcard levels list the upstream's names; other sources are described from
+(``SpeaksBoss``) answers metadata for the names it claims first with its own JSON, and its
+wildcard levels list the upstream's names; other sources are described from
 ``channel_info``, and list the names the config spells out.
 """
 
@@ -13,10 +13,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import dialect
 from .config import SourceSettings
 from .errors import ConfigError, RelayError, ResourceNotFound, UpstreamError
 from .model import ChannelInfo, ChannelRef, checked_info, token_digest
-from .upstreams.base import Upstream, UpstreamContext
+from .upstreams.base import SpeaksBoss, Upstream, UpstreamContext
 from .upstreams.kinds import Registry
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ class Catalog:
         return [upstream for _, upstream in self._entries]
 
     @property
-    def passthrough_upstreams(self) -> list[Upstream]:
-        return [upstream for upstream in self.upstreams if upstream.passthrough]
+    def boss_speakers(self) -> list[SpeaksBoss]:
+        return [upstream for upstream in self.upstreams if isinstance(upstream, SpeaksBoss)]
 
     def claim(self, *names: str) -> tuple[SourceSettings, Upstream] | None:
         """The first source whose patterns match ``names`` (collection[, experiment[, channel]])."""
@@ -71,10 +72,12 @@ class Catalog:
                 return source, upstream
         return None
 
-    def passthrough(self, *names: str) -> Upstream | None:
+    def passthrough(self, *names: str) -> SpeaksBoss | None:
         """The upstream that answers metadata for ``names`` verbatim, if the claimant is one."""
         claimed = self.claim(*names)
-        return claimed[1] if claimed is not None and claimed[1].passthrough else None
+        if claimed is not None and isinstance(claimed[1], SpeaksBoss):
+            return claimed[1]
+        return None
 
     async def _listed(self, level: int, path: str, key: str, names: Sequence[str],
                       token: str | None) -> list[str]:
@@ -90,25 +93,23 @@ class Catalog:
             pattern = (source.collection, source.experiment, source.channel)[level]
             if pattern != "*":
                 out.append(pattern)
-            elif upstream.passthrough and (first is None or first[1] is upstream):
+            elif isinstance(upstream, SpeaksBoss) and (first is None or first[1] is upstream):
                 out.extend((await upstream.boss_json(path, token))[key])
         return _unique(out)
 
     async def collections(self, token: str | None = None) -> list[str]:
-        return await self._listed(0, "collection/", "collections", (), token)
+        return await self._listed(0, dialect.collections(), "collections", (), token)
 
     async def experiments(self, collection: str, token: str | None = None) -> list[str]:
         self._require(collection)
-        return await self._listed(1, f"collection/{collection}/experiment/", "experiments",
+        return await self._listed(1, dialect.experiments(collection), "experiments",
                                   (collection,), token)
 
     async def channels(self, collection: str, experiment: str,
                        token: str | None = None) -> list[str]:
         self._require(collection, experiment)
-        return await self._listed(
-            2, f"collection/{collection}/experiment/{experiment}/channel/", "channels",
-            (collection, experiment), token,
-        )
+        return await self._listed(2, dialect.channels(collection, experiment), "channels",
+                                  (collection, experiment), token)
 
     def _require(self, collection: str, experiment: str | None = None) -> None:
         """Raise the BossDB-shaped 404 for the first name no source can answer for."""
@@ -168,8 +169,8 @@ class Catalog:
             try:
                 if "*" not in names:
                     await upstream.channel_info(ChannelRef(*names))
-                elif upstream.passthrough:
-                    await upstream.boss_json("collection/")
+                elif isinstance(upstream, SpeaksBoss):
+                    await upstream.boss_json(dialect.collections())
             except Exception as exc:  # any failure to answer is the one line to print
                 why = exc.message if isinstance(exc, RelayError) else f"{exc!r}"[:300]
                 problems.append((f"{'/'.join(names)} ({source.kind})", why))

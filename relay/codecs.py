@@ -3,7 +3,8 @@
 This module is the only user of ``blosc`` (python-blosc, Blosc1: the frame format intern's
 ``blosc.decompress`` reads; a Blosc2 frame would not decode there).
 
-Wire encodings (reference/bossdb-dialect.md §2), all of a C-order Z,Y,X (or T,Z,Y,X) array:
+Wire encodings (BossDB's ``bossspatialdb/renderers.py`` and ``parsers.py``; intern's
+``service/boss/v1/volume.py`` decodes them), all of a C-order Z,Y,X (or T,Z,Y,X) array:
 - ``application/blosc``: one Blosc1 frame of the raw bytes; the default for a missing Accept.
 - ``application/blosc-python``: ``blosc.pack_array`` (pickle inside; we only ever produce it).
 - ``application/npygz``: zlib (RFC 1950, not gzip) of ``np.save`` bytes.
@@ -47,8 +48,7 @@ __all__ = [
 blosc.set_releasegil(True)
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 #: With the GIL released, python-blosc starts its threads afresh for every call: below a few
-#: MiB that costs more than it saves (on 2 cores, 256 KiB compresses in about 60 µs with one
-#: thread and 130 µs with two; 40 MiB in 36 ms with one and 20 ms with two).
+#: MiB that costs more than it saves (docs/performance.md has the figures).
 _THREADED_BYTES = 4 * 2**20
 
 
@@ -215,8 +215,8 @@ def decode_blosc(body: bytes, dtype: np.dtype[np.generic], shape: tuple[int, ...
 
 
 def _blosc(array: np.ndarray) -> bytes:
-    # lz4 at level 5 with byte shuffle: Boss's blosclz/9 costs several times the CPU for a few
-    # percent of size; any Blosc1 codec decodes in intern.
+    # lz4 at level 5 with byte shuffle: BossDB's blosclz/9 buys little size for much more CPU,
+    # and any Blosc1 codec decodes in intern.
     data = np.ascontiguousarray(array)
     if data.nbytes > BLOSC_MAX_BYTES:  # python-blosc would return b"": never send that
         raise RequestTooLarge(f"application/blosc carries at most {BLOSC_MAX_BYTES} bytes")

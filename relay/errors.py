@@ -1,7 +1,10 @@
 """The error tree. Every error a client can see is a ``RelayError``.
 
 Each class carries the HTTP status and the BossDB error code it renders as; one handler in
-``relay.app`` turns any of them into BossDB JSON ``{"status", "code", "message"}``.
+``relay.app`` turns any of them into BossDB JSON ``{"status", "code", "message"}``. The codes
+are BossDB's, where BossDB has one for the case (a code names a kind of failure, so one may
+serve two statuses); no two classes render as the same status and code, except the two that
+BossDB itself reports as TYPE_ERROR (1002). tests/test_errors.py holds the tree to this text.
 
     RelayError (500, 9002)
     ├── BadRequest (400, 1005)
@@ -76,7 +79,7 @@ _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x1f\x7f]+")
 
 class RelayError(Exception):
     # Plain attributes, not ClassVars: an upstream's own error keeps its status and code
-    # across a chain (``upstreams.http.PassThroughError`` sets them per instance).
+    # across a chain (``PassThroughError`` sets them per instance).
     status: int = 500
     code: int = 9002
     default_message: ClassVar[str] = "Internal error"

@@ -1,6 +1,8 @@
-"""BossDB metadata JSON, synthesised from the channels a catalog serves.
+"""BossDB metadata: one service answers every metadata route, passing a BossDB-speaking
+upstream's own JSON through or synthesising it from the channels a catalog serves.
 
-Field sets and order follow BossDB's DRF serializers (reference/bossdb-dialect.md §1.3–1.4);
+Field sets and order follow BossDB's DRF serializers (jhuapl-boss/boss
+``bosscore/serializers.py``, and ``Downsample.get`` in ``bossspatialdb/views.py``);
 intern and neuroglancer validate these bodies, and neuroglancer cross-checks them, so all of
 them are derived from the same ``ChannelInfo`` values. An experiment's coordinate frame is named
 ``{collection}_{experiment}`` and spans the union of its channels' level-0 bounds.
@@ -11,12 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import dialect
 from .catalog import Catalog, Channel
-from .errors import ResourceNotFound
+from .errors import RelayError, ResourceNotFound
 from .geometry import Box, Vec3
-from .model import ChannelInfo, ChannelRef
+from .model import ChannelInfo, ChannelRef, show
+from .upstreams.base import SpeaksBoss
 
 __all__ = [
+    "BossMetadata",
     "ExperimentView",
     "channel_json",
     "collection_json",
@@ -68,7 +73,8 @@ def local_frames(catalog: Catalog) -> dict[str, tuple[str, str]]:
     """Frame name → (collection, experiment) for the experiments this relay describes itself."""
     frames: dict[str, tuple[str, str]] = {}
     for source, upstream in catalog.entries:
-        if not upstream.passthrough and "*" not in (source.collection, source.experiment):
+        local = not isinstance(upstream, SpeaksBoss)
+        if local and "*" not in (source.collection, source.experiment):
             name = frame_name(source.collection, source.experiment)
             frames.setdefault(name, (source.collection, source.experiment))
     return frames
@@ -159,3 +165,67 @@ def downsample_json(channel: Channel) -> dict[str, Any]:
         # The relay's cuboid grid, so a client that aligns to it hits whole cached cuboids.
         "cuboid_size": {str(r): list(level.cuboid) for r, level in enumerate(levels)},
     }
+
+
+class BossMetadata:
+    """Every BossDB metadata route's answer, for a caller's ``token``: the upstream's own JSON
+    where a BossDB-speaking source claims the names, else synthesised from ``channel_info``.
+    Names are checked by the caller (the API) before they get here."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def _passed(self, path: str, token: str | None, *names: str) -> Any | None:
+        upstream = self.catalog.passthrough(*names)
+        return None if upstream is None else await upstream.boss_json(path, token)
+
+    async def collections(self, token: str | None) -> dict[str, Any]:
+        return {"collections": await self.catalog.collections(token)}
+
+    async def collection(self, c: str, token: str | None) -> Any:
+        passed = await self._passed(dialect.collection(c), token, c)
+        if passed is not None:
+            return passed
+        return collection_json(c, await self.catalog.experiments(c, token))
+
+    async def experiments(self, c: str, token: str | None) -> dict[str, Any]:
+        return {"experiments": await self.catalog.experiments(c, token)}
+
+    async def experiment(self, c: str, e: str, token: str | None) -> Any:
+        passed = await self._passed(dialect.experiment(c, e), token, c, e)
+        if passed is not None:
+            return passed
+        return experiment_json(await experiment_view(self.catalog, c, e, token))
+
+    async def channels(self, c: str, e: str, token: str | None) -> dict[str, Any]:
+        return {"channels": await self.catalog.channels(c, e, token)}
+
+    async def channel(self, c: str, e: str, ch: str, token: str | None) -> Any:
+        passed = await self._passed(dialect.channel(c, e, ch), token, c, e, ch)
+        if passed is not None:
+            return passed
+        return channel_json(await self.catalog.channel(ChannelRef(c, e, ch), token))
+
+    async def downsample(self, c: str, e: str, ch: str, token: str | None) -> Any:
+        passed = await self._passed(dialect.downsample(c, e, ch), token, c, e, ch)
+        if passed is not None:
+            return passed
+        return downsample_json(await self.catalog.channel(ChannelRef(c, e, ch), token))
+
+    async def coords(self, token: str | None) -> dict[str, Any]:
+        names = list(local_frames(self.catalog))
+        for upstream in self.catalog.boss_speakers:
+            names.extend((await upstream.boss_json(dialect.coords(), token))["coords"])
+        return {"coords": list(dict.fromkeys(names))}
+
+    async def coord(self, name: str, token: str | None) -> Any:
+        local = local_frames(self.catalog).get(name)
+        if local is not None:
+            return coord_json(await experiment_view(self.catalog, *local, token))
+        for upstream in self.catalog.boss_speakers:
+            try:
+                return await upstream.boss_json(dialect.coord(name), token)
+            except RelayError as exc:
+                if exc.status != 404:
+                    raise
+        raise ResourceNotFound(f"{show(name)} does not exist.")

@@ -36,11 +36,18 @@ __all__ = [
     "checked_info",
     "default_cuboid",
     "set_source_check",
+    "show",
     "token_digest",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 _NAME = re.compile(NAME_PATTERN)
+
+def show(name: str) -> str:
+    """A client-chosen name, safe to echo in a message."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
+    return shown + ("..." if len(name) > 64 else "")
+
 
 VoxelUnit = Literal["nanometers", "micrometers", "millimeters", "centimeters"]
 

@@ -1,4 +1,5 @@
-"""The BossDB REST dialect (reference/bossdb-dialect.md): metadata and cutouts.
+"""The BossDB REST dialect (the routes of jhuapl-boss/boss ``django/boss/urls.py``, as intern and
+neuroglancer call them): metadata and cutouts.
 
 Mounted under both ``/v1`` and ``/latest`` (neuroglancer uses ``/latest``); every route answers
 with and without a trailing slash. Path parameters arrive as plain strings and are validated
@@ -16,7 +17,6 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import metadata
 from ..budget import ByteBudget
 from ..catalog import Channel
 from ..codecs import MediaType, check_encodable, encode, encoding_bytes, negotiate
@@ -28,13 +28,12 @@ from ..errors import (
     InvalidResolution,
     InvalidUrl,
     NotFound,
-    RelayError,
     RequestTooLarge,
-    ResourceNotFound,
 )
 from ..geometry import Box, Vec3
+from ..metadata import BossMetadata
 from ..offload import offload
-from .common import caller_token, catalog_of, channel_for, check_names, show, stale_headers
+from .common import caller_token, channel_for, check_names, show, stale_headers
 from .responses import BodyResponse
 from .routing import Router, add_route
 
@@ -53,96 +52,57 @@ def _route(path: str, endpoint: Callable[..., Any]) -> None:
     add_route(router, path, endpoint, slash_optional=True)
 
 
-# --- resources ------------------------------------------------------------------------------
+# --- resources: parsed here, answered by relay.metadata.BossMetadata ------------------------
 
 
-async def list_collections(request: Request) -> dict[str, Any]:
-    return {"collections": await catalog_of(request).collections(caller_token(request))}
+def _metadata(request: Request) -> BossMetadata:
+    service: BossMetadata = request.app.state.metadata
+    return service
 
 
-async def _passed_through(request: Request, path: str, *names: str) -> Any | None:
-    """The upstream's own JSON at ``path`` when a BossDB-speaking source claims ``names``."""
-    upstream = catalog_of(request).passthrough(*names)
-    if upstream is None:
-        return None
-    return await upstream.boss_json(path, caller_token(request))
+async def list_collections(request: Request) -> Any:
+    return await _metadata(request).collections(caller_token(request))
 
 
 async def get_collection(request: Request, collection: str) -> Any:
     check_names(("Collection", collection))
-    passed = await _passed_through(request, f"collection/{collection}/", collection)
-    if passed is not None:
-        return passed
-    experiments = await catalog_of(request).experiments(collection, caller_token(request))
-    return metadata.collection_json(collection, experiments)
+    return await _metadata(request).collection(collection, caller_token(request))
 
 
-async def list_experiments(request: Request, collection: str) -> dict[str, Any]:
+async def list_experiments(request: Request, collection: str) -> Any:
     check_names(("Collection", collection))
-    experiments = await catalog_of(request).experiments(collection, caller_token(request))
-    return {"experiments": experiments}
+    return await _metadata(request).experiments(collection, caller_token(request))
 
 
 async def get_experiment(request: Request, collection: str, experiment: str) -> Any:
     check_names(("Collection", collection), ("Experiment", experiment))
-    passed = await _passed_through(
-        request, f"collection/{collection}/experiment/{experiment}/", collection, experiment)
-    if passed is not None:
-        return passed
-    view = await metadata.experiment_view(catalog_of(request), collection, experiment,
-                                          caller_token(request))
-    return metadata.experiment_json(view)
+    return await _metadata(request).experiment(collection, experiment, caller_token(request))
 
 
-async def list_channels(request: Request, collection: str, experiment: str) -> dict[str, Any]:
+async def list_channels(request: Request, collection: str, experiment: str) -> Any:
     check_names(("Collection", collection), ("Experiment", experiment))
-    channels = await catalog_of(request).channels(collection, experiment, caller_token(request))
-    return {"channels": channels}
-
-
-async def _channel_level(request: Request, path: str, collection: str, experiment: str,
-                         channel: str, render: Callable[[Channel], dict[str, Any]]) -> Any:
-    """A channel's metadata at ``path``: the upstream's own JSON from a BossDB-speaking
-    source, else ``render`` of the channel's description."""
-    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    passed = await _passed_through(request, path, collection, experiment, channel)
-    if passed is not None:
-        return passed
-    return render(await channel_for(request, collection, experiment, channel))
+    return await _metadata(request).channels(collection, experiment, caller_token(request))
 
 
 async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
-    return await _channel_level(
-        request, f"collection/{collection}/experiment/{experiment}/channel/{channel}/",
-        collection, experiment, channel, metadata.channel_json)
+    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    return await _metadata(request).channel(collection, experiment, channel,
+                                            caller_token(request))
 
 
-async def list_coords(request: Request) -> dict[str, Any]:
-    catalog, token = catalog_of(request), caller_token(request)
-    names = list(metadata.local_frames(catalog))
-    for upstream in catalog.passthrough_upstreams:
-        names.extend((await upstream.boss_json("coord/", token))["coords"])
-    return {"coords": list(dict.fromkeys(names))}
+async def list_coords(request: Request) -> Any:
+    return await _metadata(request).coords(caller_token(request))
 
 
 async def get_coord(request: Request, coord: str) -> Any:
     check_names(("Coordinate frame", coord))
-    catalog, token = catalog_of(request), caller_token(request)
-    local = metadata.local_frames(catalog).get(coord)
-    if local is not None:
-        return metadata.coord_json(await metadata.experiment_view(catalog, *local, token))
-    for upstream in catalog.passthrough_upstreams:
-        try:
-            return await upstream.boss_json(f"coord/{coord}/", token)
-        except RelayError as exc:
-            if exc.status != 404:
-                raise
-    raise ResourceNotFound(f"{show(coord)} does not exist.")
+    return await _metadata(request).coord(coord, caller_token(request))
 
 
 async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
-    return await _channel_level(request, f"downsample/{collection}/{experiment}/{channel}/",
-                                collection, experiment, channel, metadata.downsample_json)
+    check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    return await _metadata(request).downsample(collection, experiment, channel,
+                                               caller_token(request))
 
 
 async def ping(request: Request) -> dict[str, Any]:

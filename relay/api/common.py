@@ -9,7 +9,7 @@ from starlette.requests import Request
 from ..catalog import Catalog, Channel
 from ..cutout import Cutout
 from ..errors import ResourceNotFound
-from ..model import NAME_PATTERN, ChannelRef
+from ..model import NAME_PATTERN, ChannelRef, show
 
 __all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show", "stale_headers"]
 
@@ -31,12 +31,6 @@ def stale_headers(cutout: Cutout) -> dict[str, str]:
     if cutout.stale_age is None:
         return {}
     return {"Warning": '110 relay "Response is Stale"', "Age": str(int(cutout.stale_age))}
-
-
-def show(name: str) -> str:
-    """A client-chosen name, safe to echo in a message."""
-    shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
-    return shown + ("..." if len(name) > 64 else "")
 
 
 def check_names(*pairs: tuple[str, str]) -> None:

@@ -1,5 +1,6 @@
-"""The neuroglancer precomputed dialect (reference/neuroglancer.md §2), served from the same
-planner and cache as the BossDB dialect, for neuroglancer, cloud-volume and tensorstore.
+"""The neuroglancer precomputed dialect (neuroglancer's ``src/datasource/precomputed/volume.md``),
+served from the same planner and cache as the BossDB dialect, for neuroglancer, cloud-volume
+and tensorstore.
 
     GET|HEAD /precomputed/{c}/{e}/{ch}/info
     GET|HEAD /precomputed/{c}/{e}/{ch}/{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}

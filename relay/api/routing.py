@@ -1,15 +1,15 @@
 """Registering a handler: served by a plain Starlette route, documented by FastAPI.
 
-FastAPI's per-request machinery (its router's matching, dependency solving, parameter
-validation, response serialisation) cost more than the relay's own work on small requests, and
-every parameter here is a string validated by the handler anyway. So each handler is kept
-twice on its router: as a plain Starlette ``Route``, which ``relay.app`` serves from a plain
-Starlette application, and as a FastAPI route that only feeds the OpenAPI document.
+FastAPI's per-request machinery (matching, dependency solving, validation, serialisation) is
+heavier than the relay's own work on a small request, and every parameter here is a string the
+handler validates anyway. So each handler is kept twice on its router: as a plain Starlette
+``Route``, which ``relay.app`` serves, and as a FastAPI route that only feeds the OpenAPI
+document.
 
-Starlette tries served routes one by one. BossDB paths are answered under ``/v1`` and
-``/latest``, with and without their trailing slash: as separate routes that made 55 patterns, a
-fifth of a small request's cost. So each handler is served by one route whose pattern accepts
-every prefix, and the trailing slash optionally where the handler asks for it.
+Starlette tries served routes one by one, and BossDB paths are answered under ``/v1`` and
+``/latest``, with and without their trailing slash. So each handler is served by one route
+whose pattern accepts every prefix, and the trailing slash optionally where the handler asks
+for it, rather than by a route per spelling.
 """
 
 from __future__ import annotations

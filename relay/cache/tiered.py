@@ -9,8 +9,9 @@ relay slower, never wrong and never failing.
 
 Writes to the first tier happen before ``put`` returns (it is memory, and the request that
 fetched the value is about to be answered anyway). Writes to slower tiers run as background
-tasks so a 17 ms diskcache ``set`` never sits on the response path; their pending bytes are
-bounded, and past the bound a write is dropped (the entry is simply not cached there).
+tasks so a diskcache ``set`` (a file write and a SQLite commit) never sits on the response
+path; their pending bytes are bounded, and past the bound a write is dropped (the entry is
+simply not cached there).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class TieredCache(CacheTier):
         self._pending_bytes = 0
         # Values on their way to a slower tier, readable meanwhile: a get between a put and its
         # write-behind landing must not miss (with the memory tier off or evicted, it would
-        # send the request upstream again).
+        # send the request upstream again). Not a tier: it is the write-behind's own queue,
+        # emptied as each write lands.
         self._in_transit: dict[str, bytes] = {}
         self.counters: dict[str, int] = {}
         self._logged: set[tuple[str, str]] = set()

@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = [
     "ChannelRef",
     "Level",
     "NoOptions",
+    "SpeaksBoss",
     "Upstream",
     "UpstreamContext",
     "checked_info",
@@ -63,6 +64,15 @@ T = TypeVar("T")
 #: Seconds a store that could not be reached is left alone (the HTTP seam does the same for
 #: hosts it cannot connect to).
 DOWN_FOR = 5.0
+
+@runtime_checkable
+class SpeaksBoss(Protocol):
+    """An upstream that speaks the BossDB dialect itself (BossDB, another relay): its metadata
+    JSON is passed through as it is instead of being made from ``channel_info``."""
+
+    async def boss_json(self, path: str, token: str | None = None) -> Any:
+        """BossDB metadata at ``/v1/{path}`` (a path from ``relay.dialect``)."""
+
 
 class NoOptions(BaseModel):
     """A kind's own options: a pydantic model, every field with a default (or required), no
@@ -92,9 +102,6 @@ class Upstream(ABC):
     """
 
     kind: ClassVar[str]
-    #: True when the upstream speaks the BossDB dialect itself, so its metadata JSON is passed
-    #: through verbatim (``boss_json``) instead of being synthesised from ``channel_info``
-    passthrough: ClassVar[bool] = False
 
     #: the kind's own options (a subclass names its model here, and narrows ``options``)
     Options: ClassVar[type[NoOptions]] = NoOptions
@@ -187,10 +194,6 @@ class Upstream(ABC):
         one (already checked to decode to them), so the cache can keep the frame instead of
         compressing the voxels again. By default there is no frame."""
         return await self.read(ref, level, box, t, token), None
-
-    async def boss_json(self, path: str, token: str | None = None) -> Any:
-        """BossDB metadata at ``/v1/{path}`` (passthrough upstreams only)."""
-        raise NotImplementedError
 
     #: until when the store is left alone after it could not be reached, and the error then
     _down: tuple[float, UpstreamError] | None = None

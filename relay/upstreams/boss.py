@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import dialect
 from ..codecs import DTYPES, decode_blosc
 from ..errors import UpstreamError
 from ..geometry import Box, Vec3
@@ -63,7 +64,6 @@ class BossOptions(NoOptions):
 
 class BossUpstream(Upstream):
     kind = "boss"
-    passthrough = True
     Options = BossOptions
     options: BossOptions
 
@@ -140,15 +140,15 @@ class BossUpstream(Upstream):
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         c, e, ch = ref.collection, ref.experiment, ref.channel
-        channel = await self.boss_json(f"collection/{c}/experiment/{e}/channel/{ch}/", token)
-        experiment = await self.boss_json(f"collection/{c}/experiment/{e}/", token)
+        channel = await self.boss_json(dialect.channel(c, e, ch), token)
+        experiment = await self.boss_json(dialect.experiment(c, e), token)
         frame_name = experiment.get("coord_frame") if isinstance(experiment, dict) else None
         if not isinstance(frame_name, str) or not _NAME.fullmatch(frame_name):
             # it goes into the next URL: a name like "../../admin" must never get there
             raise UpstreamError(f"{self._where} sent unusable metadata for {ref}: coord_frame "
                                 f"{str(frame_name)[:60]!r} is not a name")
-        frame = await self.boss_json(f"coord/{frame_name}/", token)
-        downsample = await self.boss_json(f"downsample/{c}/{e}/{ch}/", token)
+        frame = await self.boss_json(dialect.coord(frame_name), token)
+        downsample = await self.boss_json(dialect.downsample(c, e, ch), token)
         # parsed once per set of bodies: this runs for every request to the channel
         bodies = (channel, experiment, frame, downsample)
         held = self._infos.get(ref)
@@ -174,7 +174,7 @@ class BossUpstream(Upstream):
         self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
     ) -> tuple[np.ndarray | None, bytes | None]:
         # The frame is kept as it came: every hop of a chain would otherwise compress the same
-        # voxels again (about 4 ms per 4 MiB cuboid, serially, on a cold read).
+        # voxels again, serially, on every cold read.
         info = await self.channel_info(ref, token)
         self.check_level(level, len(info.levels))
         # A time range makes the answer 4-D (1, z, y, x): the same bytes as (z, y, x).

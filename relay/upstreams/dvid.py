@@ -1,4 +1,5 @@
-"""``kind: dvid`` — a DVID server's grayscale and label instances (reference/upstreams.md §1).
+"""``kind: dvid`` — a DVID server's grayscale and label instances (as DVID's own help texts describe
+them: ``datatype/imageblk``, ``labelmap``, ``labelarray``, ``labelblk`` in janelia-flyem/dvid).
 
 - ``uuid`` names the node: a UUID, a unique prefix, ``prefix:branch`` or ``:branch`` (the leaf
   of the branch, looked up with ``/api/repo/{uuid}/branch-versions/{branch}``). The concrete

@@ -22,9 +22,9 @@ connections, no cookie jar: callers must not share cookies); the pool lives as l
 and is closed with it.
 
 Why aiohttp and not httpx (the design's first choice): a chain hop's largest cost is receiving
-a 4 MiB cuboid from the next relay, and httpx takes 7.6-9 ms for it on loopback against 2.2-2.8
-ms for aiohttp (httpcore reads 64 KiB at a time, each read through anyio's timeout and sniffio
-machinery). aiohttp is already the relay's client for zarr over http(s), via fsspec.
+a cuboid from the next relay, and httpcore reads it 64 KiB at a time, each read through anyio's
+timeout machinery (the figures are in docs/performance.md). aiohttp is already the relay's
+client for zarr over http(s), via fsspec.
 """
 
 from __future__ import annotations
