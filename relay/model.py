@@ -16,10 +16,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import UpstreamError
 from .geometry import Box, Vec3
@@ -31,6 +31,7 @@ __all__ = [
     "ChannelRef",
     "ChannelType",
     "Level",
+    "PositiveXYZ",
     "SourceSettings",
     "VoxelUnit",
     "checked_info",
@@ -48,6 +49,18 @@ def show(name: str) -> str:
     shown = "".join(ch if ch.isprintable() else "?" for ch in name[:64])
     return shown + ("..." if len(name) > 64 else "")
 
+
+_N = TypeVar("_N", int, float)
+
+
+def _positive(value: tuple[_N, _N, _N]) -> tuple[_N, _N, _N]:
+    if any(v <= 0 for v in value):
+        raise ValueError("every component must be positive")
+    return value
+
+
+#: an x, y, z config value whose every component is positive (a size, a voxel size)
+PositiveXYZ = Annotated[tuple[_N, _N, _N], AfterValidator(_positive)]
 
 VoxelUnit = Literal["nanometers", "micrometers", "millimeters", "centimeters"]
 
@@ -78,7 +91,7 @@ class SourceSettings(BaseModel):
     url: str
     description: str = ""
     #: the cache's cuboid, a multiple of the store's chunk; default: near 512×512×16
-    cuboid: tuple[int, int, int] | None = None
+    cuboid: PositiveXYZ[int] | None = None
     #: true: ``relay serve`` refuses to start (one line, exit 1) when this source does not
     #: answer at startup; false (the default): it starts anyway and reports errors per request
     required: bool = False
@@ -108,13 +121,6 @@ class SourceSettings(BaseModel):
     def _name(cls, value: str) -> str:
         if value != "*" and not _NAME.match(value):
             raise ValueError(f"{value!r} is not '*' or a name of letters, digits, '_' and '-'")
-        return value
-
-    @field_validator("cuboid")
-    @classmethod
-    def _positive(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if value is not None and any(v <= 0 for v in value):
-            raise ValueError("every component must be positive")
         return value
 
     @model_validator(mode="before")

@@ -5,34 +5,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..codecs import DTYPES
 from ..errors import ConfigError
 from ..geometry import Box, Vec3
-from ..model import ChannelType, Level, VoxelUnit, default_cuboid
+from ..model import (
+    ChannelInfo,
+    ChannelType,
+    Level,
+    PositiveXYZ,
+    VoxelUnit,
+    checked_info,
+    default_cuboid,
+)
 from .base import NoOptions
 
-__all__ = ["FileOptions", "boss_dtype", "channel_type", "make_level", "overridden",
+__all__ = ["FileOptions", "boss_dtype", "channel_type", "file_info", "make_level", "overridden",
            "voxel_unit"]
 
 class FileOptions(NoOptions):
     """Options of the kinds that read a file format (zarr, precomputed)."""
 
     #: x, y, z; overrides the store's (its level ratios are kept)
-    voxel_size: tuple[float, float, float] | None = None
+    voxel_size: PositiveXYZ[float] | None = None
     voxel_unit: VoxelUnit | None = None
     #: default: uint64 → annotation, else image
     type: ChannelType | None = None
     #: for multi-channel stores: which channel of the store this source serves
     channel_index: int = Field(0, ge=0)
-
-    @field_validator("voxel_size")
-    @classmethod
-    def _positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if value is not None and any(v <= 0 for v in value):
-            raise ValueError("every component must be positive")
-        return value
 
 
 _UNITS = {
@@ -100,3 +101,25 @@ def make_level(
         cuboid=grid,
         origin=origin,
     )
+
+
+def file_info(where: str, options: FileOptions, description: str, *,
+              dtype: np.dtype[np.generic], channels: int, levels: Sequence[Level],
+              unit: str | None, store_type: ChannelType | None = None,
+              time_samples: int = 1) -> ChannelInfo:
+    """A file-format store's channel as the relay serves it: its dtype as BossDB's, the
+    configured one of its ``channels``, the source's type and unit in place of the store's
+    (``store_type``, ``unit``), checked."""
+    boss = boss_dtype(dtype, where)
+    if not 0 <= options.channel_index < channels:
+        raise ConfigError(f"{where}: channel_index {options.channel_index} is out of range: the "
+                          f"store has {channels} channel(s), 0 to {channels - 1}")
+    info = ChannelInfo(
+        dtype=boss,
+        type=channel_type(boss, options.type or store_type),
+        levels=tuple(levels),
+        voxel_unit=voxel_unit(unit, options.voxel_unit),
+        num_time_samples=time_samples,
+        description=description,
+    )
+    return checked_info(info, where)

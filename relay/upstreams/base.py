@@ -5,8 +5,9 @@ questions, both async: what the channel looks like (``channel_info``) and what v
 at one level holds (``read`` → a Z,Y,X array, or ``None`` when the store knows it holds no data
 there). Upstreams never cache; the relay's cache sits in front of them.
 
-The value types live in ``relay.model`` and the registry of kinds in ``.registry``; both are
-named here too, for plugins written against this module.
+A kind is a subclass of ``Upstream`` with its ``Options`` model (``NoOptions``), registered under
+the ``relay.upstreams`` entry point (``relay.upstreams.kinds``); the values it produces
+(``ChannelInfo``, ``Level``) and is asked about (``ChannelRef``) are ``relay.model``'s.
 """
 
 from __future__ import annotations
@@ -26,15 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ResourceNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..geometry import Box
-from ..model import (
-    BOSS_CUBOID,
-    ChannelInfo,
-    ChannelRef,
-    Level,
-    checked_info,
-    default_cuboid,
-    token_digest,
-)
+from ..model import ChannelInfo, ChannelRef
 from ..singleflight import SingleFlight
 from ._isolation import SourceWorker
 from .http import HttpPool, HttpSettings, describe
@@ -43,19 +36,7 @@ if TYPE_CHECKING:
     from ..cache.memo import MetadataMemo
     from ..model import SourceSettings
 
-__all__ = [
-    "BOSS_CUBOID",
-    "ChannelInfo",
-    "ChannelRef",
-    "Level",
-    "NoOptions",
-    "SpeaksBoss",
-    "Upstream",
-    "UpstreamContext",
-    "checked_info",
-    "default_cuboid",
-    "token_digest",
-]
+__all__ = ["DOWN_FOR", "NoOptions", "SpeaksBoss", "Upstream", "UpstreamContext"]
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,8 @@ from cloudvolume.exceptions import InfoUnavailableError
 
 from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
-from ..model import ChannelInfo, ChannelRef, checked_info
-from ._levels import (
-    FileOptions,
-    boss_dtype,
-    channel_type,
-    make_level,
-    overridden,
-    voxel_unit,
-)
+from ..model import ChannelInfo, ChannelRef
+from ._levels import FileOptions, file_info, make_level, overridden
 from .base import Upstream, UpstreamContext
 
 __all__ = ["PrecomputedUpstream"]
@@ -130,11 +123,6 @@ class PrecomputedUpstream(Upstream):
                 "OME-Zarr, use kind: zarr") from exc
         except Exception as exc:
             raise UpstreamError(f"{self.where}: cannot open it as precomputed: {exc}") from exc
-        dtype = boss_dtype(volume.dtype, self.where)
-        if not 0 <= src.channel_index < volume.num_channels:
-            raise ConfigError(
-                f"{self.where}: channel_index {src.channel_index} is out of range: the volume "
-                f"has {volume.num_channels} channel(s), 0 to {volume.num_channels - 1}")
         levels = []
         base = [float(v) for v in volume.info["scales"][0]["resolution"]]
         for scale in volume.info["scales"]:
@@ -149,14 +137,10 @@ class PrecomputedUpstream(Upstream):
                     self.source.cuboid,
                 )
             )
-        info = ChannelInfo(
-            dtype=dtype,
-            type=channel_type(dtype, src.type or _boss_type(volume.layer_type)),
-            levels=tuple(levels),
-            voxel_unit=voxel_unit("nanometer", src.voxel_unit),
-            description=self.source.description,
-        )
-        return volumes, checked_info(info, self.where)
+        return volumes, file_info(
+            self.where, src, self.source.description, dtype=volume.dtype,
+            channels=volume.num_channels, levels=levels, unit="nanometer",
+            store_type=_boss_type(volume.layer_type))
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open())[1]

@@ -34,15 +34,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
-from ..model import ChannelInfo, ChannelRef, Level, checked_info
-from ._levels import (
-    FileOptions,
-    boss_dtype,
-    channel_type,
-    make_level,
-    overridden,
-    voxel_unit,
-)
+from ..model import ChannelInfo, ChannelRef, Level
+from ._levels import FileOptions, file_info, make_level, overridden
 from .base import Upstream
 from .http import METADATA_MAX_BYTES, fsspec_client_kwargs
 
@@ -244,22 +237,12 @@ class ZarrUpstream(Upstream):
         levels: tuple[Level, ...],
         unit: str | None,
     ) -> _Opened:
-        src = self.options
         first = arrays[0]
-        dtype = boss_dtype(first.dtype, self.where)
-        channels = first.shape[axes.index("c")] if "c" in axes else 1
-        if src.channel_index >= channels:
-            raise ConfigError(f"{self.where}: channel_index {src.channel_index} is out of range: "
-                              f"the store has {channels} channel(s), 0 to {channels - 1}")
-        info = ChannelInfo(
-            dtype=dtype,
-            type=channel_type(dtype, src.type),
-            levels=levels,
-            voxel_unit=voxel_unit(unit, src.voxel_unit),
-            num_time_samples=first.shape[axes.index("t")] if "t" in axes else 1,
-            description=self.source.description,
-        )
-        return _Opened(info=checked_info(info, self.where), arrays=arrays, axes=axes)
+        info = file_info(
+            self.where, self.options, self.source.description, dtype=first.dtype,
+            channels=first.shape[axes.index("c")] if "c" in axes else 1, levels=levels,
+            unit=unit, time_samples=first.shape[axes.index("t")] if "t" in axes else 1)
+        return _Opened(info=info, arrays=arrays, axes=axes)
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         return (await self._open()).info
