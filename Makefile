@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint typecheck pytest clean bench bench-smoke system-packages bench-packages
 
 # System programs the tests drive (Chromium and its WebDriver: neuroglancer's client in a real
-# browser; buildah, podman and mmdebstrap: the Docker image built and run without a daemon), and
-# the benchmark's load generator and static-file comparator. Installed with apt-get when run as
+# browser; buildah, podman and mmdebstrap: the Docker image built and run without a daemon;
+# redis-server, redis-cli and nginx: the fleet's shared tier and its load balancer), and the
+# benchmark's load generator and static-file comparator. Installed with apt-get when run as
 # root, else one line says what to install.
 TEST_PACKAGES := chromium=chromium chromedriver=chromium-driver buildah=buildah podman=podman \
-	mmdebstrap=mmdebstrap
-BENCH_PACKAGES := wrk=wrk nginx=nginx
+	mmdebstrap=mmdebstrap redis-server=redis-server redis-cli=redis-tools nginx=nginx
+BENCH_PACKAGES := wrk=wrk nginx=nginx redis-server=redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)

@@ -29,7 +29,7 @@ from .api import boss, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.routing import served_routes
 from .budget import ByteBudget
-from .cache import CacheTier, DiskTier, MemoryTier, TieredCache
+from .cache import CacheTier, DiskTier, MemoryTier, RedisTier, TieredCache
 from .cache.memo import MEMO_BYTES, MetadataMemo
 from .catalog import Catalog
 from .config import Settings
@@ -67,6 +67,10 @@ def build_cache(settings: Settings) -> TieredCache | None:
         tiers.append(MemoryTier(int(settings.cache.memory_bytes)))
     if settings.cache.disk_dir is not None and settings.cache.disk_bytes > 0:
         tiers.append(DiskTier(settings.cache.disk_dir, int(settings.cache.disk_bytes)))
+    cache = settings.cache
+    if cache.redis_url is not None:
+        tiers.append(RedisTier(cache.redis_url, cache.redis_prefix, cache.redis_ttl_seconds,
+                               cache.redis_lease_seconds, cache.redis_timeout_seconds))
     return TieredCache(tiers) if tiers else None
 
 

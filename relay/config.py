@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .cache.redis import parse_redis_url
 from .model import SourceSettings, set_source_check
 
 __all__ = [
@@ -120,7 +121,25 @@ class CacheSettings(_Model):
     decoded_bytes: ByteSize = ByteSize(128 * 2**20)
     disk_dir: Path | None = Field(Path("~/.cache/relay"), validate_default=True)
     disk_bytes: ByteSize = ByteSize(20 * 2**30)
+    #: the fleet's shared tier, after memory and disk: redis://host:6379/0, rediss://…,
+    #: unix:///run/redis.sock, or a Cluster as redis+cluster://host:port,host:port
     redis_url: str | None = None
+    #: put before every key, so several fleets (or other programs) can share one Redis
+    redis_prefix: str = Field("relay:", pattern=r"^[^{}\s]*$")
+    #: each value's expiry in Redis (null: only Redis's own eviction, maxmemory + allkeys-lru)
+    redis_ttl_seconds: float | None = Field(None, gt=0)
+    #: how long a relay may read a cuboid upstream while the fleet waits for it; a relay that
+    #: dies mid-read blocks the others for at most this long
+    redis_lease_seconds: float = Field(10.0, gt=0)
+    #: a Redis call that takes longer is an error (and Redis is skipped for a few seconds)
+    redis_timeout_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)
+        return value
 
     @field_validator("disk_dir")
     @classmethod

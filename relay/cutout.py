@@ -295,7 +295,24 @@ class CutoutService:
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
     ) -> tuple[np.ndarray, float, bytes | None]:
         """The upstream's voxels for ``box``, checked, cached, when they were read, and the
-        packed value stored (None when not cached)."""
+        packed value stored (None when not cached). With a shared tier, the read holds its
+        lease: another relay reading the same cuboid waits for this one's value, or this one
+        for the other's, which is then the answer (when it is fresh enough for the request)."""
+        if not use_cache or request.refresh:
+            return await self._read_upstream(key, request, t, box, use_cache)
+        assert self.cache is not None
+        async with self.cache.lease(key) as supplied:
+            if supplied is not None and _fresh(request.channel.source,
+                                               fetched_at := packed_fetched_at(supplied)):
+                data = await self._unpack(supplied, request.channel, box)
+                if data is not None:
+                    self.metrics.inc("fleet_supplied_total")
+                    return data, fetched_at or 0.0, supplied
+            return await self._read_upstream(key, request, t, box, use_cache)
+
+    async def _read_upstream(
+        self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
+    ) -> tuple[np.ndarray, float, bytes | None]:
         channel = request.channel
         self.metrics.inc("upstream_reads_total")
         try:

@@ -63,3 +63,29 @@ def demo_relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     env = {"RELAY_DEMO_DIR": str(demo_dir.parent), "HOME": str(home)}
     with RelayProcess([], env=env, log=home / "relay.log") as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real redis-server, shared by a module's tests (each uses keys of its own)."""
+    from .servers import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real 3-master Redis Cluster, shared by a module's tests."""
+    from .servers import RedisClusterServers
+
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single redis-server, then of a Redis Cluster: the same tests pass on both."""
+    fixture = "redis_server" if request.param == "server" else "redis_cluster"
+    url: str = request.getfixturevalue(fixture).url
+    return url

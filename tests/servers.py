@@ -257,3 +257,111 @@ class ServesOnLoopback:
         server = ThreadedServer(app).__enter__()
         self._running.append(server)
         return server.url
+
+
+def _redis_ping(port: int) -> bytes:
+    """The first line of a PING's answer from 127.0.0.1:port (raises OSError if nobody is
+    there)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).split(b"\r\n", 1)[0]
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian's) on loopback, in its own directory, persisting
+    nothing: ``kill()`` is SIGKILL, and ``start()`` after it is a restart, empty, on the same
+    port. ``cli(...)`` runs ``redis-cli`` against it."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.options = list(options)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        with open(self.directory / "redis.log", "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory), *self.options],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see "
+                                   f"{self.directory / 'redis.log'}")
+            try:
+                if _redis_ping(self.port) == b"+PONG":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)  # polling a readiness probe, not waiting for an effect
+        raise RuntimeError("redis-server did not answer PING")
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], check=True,
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterServers:
+    """Three ``redis-server --cluster-enabled yes`` masters joined with ``redis-cli --cluster
+    create`` (no replicas): a real Redis Cluster, on loopback."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        # the bus port is named: by default it is the port + 10000, which a port the system
+        # chose may leave beyond 65535
+        self.nodes = [RedisServer(directory / f"node{i}", "--cluster-enabled", "yes",
+                                  "--cluster-config-file", "nodes.conf",
+                                  "--cluster-port", str(free_port()),
+                                  "--cluster-node-timeout", "2000")
+                      for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def __enter__(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)  # polling the cluster's own state
+        return self
+
+    def cli(self, *args: str) -> str:
+        """``redis-cli -c`` (follows redirections) through the first node."""
+        return self.nodes[0].cli("-c", *args)
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from contextlib import AbstractAsyncContextManager
+from typing import ClassVar, Protocol, runtime_checkable
 
-__all__ = ["CacheTier"]
+__all__ = ["CacheTier", "Leasing"]
 
 
 class CacheTier(ABC):
@@ -33,3 +34,15 @@ class CacheTier(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+@runtime_checkable
+class Leasing(Protocol):
+    """A tier several processes share, which can make one of them read a key upstream while
+    the others wait (``relay.cache.redis``)."""
+
+    def lease(self, key: str) -> AbstractAsyncContextManager[bytes | None]:
+        """Enter before reading ``key`` upstream: yields the value when another process stored
+        it (before or meanwhile), else None, and the caller reads and puts it. A put of the
+        key, or leaving the block with an exception, ends the lease."""
+        ...

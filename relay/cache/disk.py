@@ -13,7 +13,8 @@ This module is the only user of ``diskcache``. What it relies on (diskcache 5.6,
   never the last row standing: the tier stays within its limit plus one entry;
 - its API is synchronous, so every call runs in a worker thread.
 What it does not do is notice a damaged file: each value therefore carries a CRC-32 and its
-length, checked on every read; a damaged entry is deleted and reported as a miss. Nor does it
+length (``checksum.seal``), checked on every read; a damaged entry is deleted and reported as a
+miss. Nor does it
 remove the half-written file a failed write (ENOSPC, EIO) leaves behind, which on a full disk
 would keep the disk full: ``_Disk`` does.
 
@@ -28,22 +29,18 @@ import contextlib
 import io
 import logging
 import os
-import struct
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from .base import CacheTier
+from .checksum import seal, unseal
 
 __all__ = ["DiskTier"]
 
 log = logging.getLogger(__name__)
-
-_FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
-_MAGIC = b"RLD1"
 
 
 class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
@@ -89,7 +86,7 @@ class DiskTier(CacheTier):
         framed = self._cache.get(key, default=None, retry=True)
         if framed is None:
             return None
-        payload = _unframe(framed)
+        payload = unseal(framed)
         if payload is None:
             self._corrupt += 1
             log.warning("disk cache entry %s failed its checksum; removed", key)
@@ -102,7 +99,7 @@ class DiskTier(CacheTier):
     def _put(self, key: str, value: bytes) -> None:
         # checksum and framing here, in the worker thread: on the event loop they would stall
         # every other request for a few milliseconds per cuboid
-        framed = _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
+        framed = seal(value)
         self._cache.set(key, framed, retry=True)
         self._evict()
 
@@ -127,12 +124,3 @@ class DiskTier(CacheTier):
     async def aclose(self) -> None:
         await asyncio.to_thread(self._cache.close)
 
-
-def _unframe(framed: object) -> bytes | None:
-    if not isinstance(framed, bytes) or len(framed) < _FRAME.size:
-        return None
-    magic, crc, length = _FRAME.unpack_from(framed)
-    payload = framed[_FRAME.size :]
-    if magic != _MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
-        return None
-    return payload

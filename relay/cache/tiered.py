@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from .base import CacheTier
+from .base import CacheTier, Leasing
 
 __all__ = ["TieredCache"]
 
@@ -70,6 +71,24 @@ class TieredCache(CacheTier):
             return value
         self.counters["misses"] += 1
         return None
+
+    @asynccontextmanager
+    async def lease(self, key: str) -> AsyncIterator[bytes | None]:
+        """Around an upstream read of ``key`` after a miss: the shared tier's lease when there
+        is one (``Leasing``), so a fleet reads each key once. A value another process stored
+        meanwhile is yielded, promoted into the tiers above; None: read, then ``put``."""
+        shared = next(((d, t) for d, t in enumerate(self.tiers) if isinstance(t, Leasing)), None)
+        if shared is None:
+            yield None
+            return
+        depth, tier = shared
+        assert isinstance(tier, Leasing)
+        async with tier.lease(key) as supplied:
+            if supplied is not None:
+                self.counters[f"{self.tiers[depth].name}_hits"] += 1
+                for upper_depth, upper in enumerate(self.tiers[:depth]):
+                    await self._put_one(upper, key, supplied, upper_depth)
+            yield supplied
 
     async def put(self, key: str, value: bytes) -> None:
         for depth, tier in enumerate(self.tiers):

@@ -1,0 +1,29 @@
+"""The framing every value outside the process carries (disk tier, shared tier): a magic, a
+CRC-32 and the payload's length ahead of the payload. A value that fails any of the three (a
+damaged file, a truncated write, a foreign key's value in a shared Redis) is a miss, never a
+wrong voxel."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+__all__ = ["seal", "unseal"]
+
+_FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
+_MAGIC = b"RLD1"
+
+
+def seal(value: bytes) -> bytes:
+    return _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
+
+
+def unseal(framed: object) -> bytes | None:
+    """The payload of a sealed value, or None for anything else."""
+    if not isinstance(framed, bytes) or len(framed) < _FRAME.size:
+        return None
+    magic, crc, length = _FRAME.unpack_from(framed)
+    payload = framed[_FRAME.size:]
+    if magic != _MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        return None
+    return payload

@@ -1,0 +1,195 @@
+"""Relays sharing a real Redis (a single server, then a 3-master Cluster), as separate
+processes over one zarr store served by HTTP, where every chunk read is counted at the store:
+what one relay read, another serves without reading; concurrent cold readers read each chunk
+once fleet-wide; a Redis killed, restarted empty or filled with garbage never costs a request
+or a voxel; a relay killed while it holds a lease keeps the others waiting no longer than the
+lease."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import pytest
+import zarr
+
+from .servers import RedisServer, RelayProcess, StaticFileServer, write_config
+
+SHAPE_ZYX = (32, 256, 256)
+CHUNK_ZYX = (8, 64, 64)
+DATA = np.random.default_rng(14).integers(0, 2**16, SHAPE_ZYX, dtype=np.uint16)
+LEASE = 2.0
+
+
+def write_store(root: Path) -> Path:
+    store = root / "vol.zarr"
+    array = zarr.create_array(str(store), shape=SHAPE_ZYX, chunks=CHUNK_ZYX, dtype="uint16",
+                              zarr_format=3)
+    array[...] = DATA
+    return store
+
+
+def chunk_reads(server: StaticFileServer) -> collections.Counter[str]:
+    return collections.Counter(p for p in server.requested if "/c/" in p)
+
+
+def relay(root: Path, name: str, store_url: str, redis_url: str | None) -> RelayProcess:
+    source = {"collection": "col", "experiment": "exp", "channel": "ch", "kind": "zarr",
+              "url": store_url, "voxel_size": [4, 4, 40], "cuboid": [64, 64, 8]}
+    cache: dict[str, Any] = {"memory_bytes": 64 * 2**20, "redis_lease_seconds": LEASE}
+    if redis_url is not None:
+        cache["redis_url"] = redis_url
+    config = write_config(root / f"{name}.yaml", [source], root / f"{name}-cache", **cache)
+    return RelayProcess(["--config", str(config)], log=root / f"{name}.log")
+
+
+def cutout(relay: RelayProcess, x: tuple[int, int], y: tuple[int, int],
+           z: tuple[int, int], refresh: bool = False) -> np.ndarray:
+    url = (f"{relay.url}/v1/cutout/col/exp/ch/0/{x[0]}:{x[1]}/{y[0]}:{y[1]}/{z[0]}:{z[1]}/")
+    headers = {"Accept": "application/blosc"}
+    if refresh:
+        headers["Cache-Control"] = "no-cache"  # read upstream again, and store what was read
+    answer = httpx.get(url, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    got = np.frombuffer(blosc.decompress(answer.content), np.uint16)
+    return got.reshape(z[1] - z[0], y[1] - y[0], x[1] - x[0])
+
+
+def check(relay: RelayProcess, x: tuple[int, int], y: tuple[int, int],
+          z: tuple[int, int], refresh: bool = False) -> None:
+    got = cutout(relay, x, y, z, refresh)
+    assert np.array_equal(got, DATA[z[0]:z[1], y[0]:y[1], x[0]:x[1]])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StaticFileServer]:
+    write_store(tmp_path)
+    with StaticFileServer(tmp_path) as server:
+        yield server
+
+
+def test_what_one_relay_read_another_serves_with_no_upstream_read(
+        tmp_path: Path, store: StaticFileServer, redis_url: str) -> None:
+    url = f"{store.url}/vol.zarr"
+    with relay(tmp_path, "a", url, redis_url) as a, relay(tmp_path, "b", url, redis_url) as b:
+        check(a, (30, 200), (10, 140), (3, 20))
+        read = chunk_reads(store)
+        assert read and set(read.values()) == {1}
+        check(b, (30, 200), (10, 140), (3, 20))  # B never saw it: Redis has it
+        check(b, (64, 128), (64, 128), (8, 16))  # a part of it, one whole cuboid
+        assert chunk_reads(store) == read  # not one more chunk read at the store
+        assert b.metrics()["relay_cache_redis_hits_total"] > 0
+
+
+def test_concurrent_cold_readers_read_each_chunk_once(
+        tmp_path: Path, store: StaticFileServer, redis_url: str) -> None:
+    url = f"{store.url}/vol.zarr"
+    boxes = [((0, 192), (0, 192), (0, 24)), ((64, 256), (32, 224), (4, 32)),
+             ((10, 250), (60, 130), (0, 32)), ((128, 256), (0, 256), (8, 16))]
+    with relay(tmp_path, "a", url, redis_url) as a, relay(tmp_path, "b", url, redis_url) as b:
+        jobs = [(r, box) for box in boxes for r in (a, b)] * 2
+        start = threading.Barrier(len(jobs))
+
+        def read(job: tuple[RelayProcess, Any]) -> None:
+            start.wait()
+            check(job[0], *job[1])
+
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(read, jobs))
+        read_once = chunk_reads(store)
+        assert read_once and max(read_once.values()) == 1, read_once.most_common(3)
+        # what a relay did not read itself, Redis gave it (found there, or waited for while
+        # the other relay read it)
+        assert sum(r.metrics()["relay_cache_redis_hits_total"] for r in (a, b)) > 0
+        assert sum(r.upstream_reads() for r in (a, b)) == len(read_once)
+
+
+def test_redis_killed_then_restarted_empty(tmp_path: Path, store: StaticFileServer) -> None:
+    url = f"{store.url}/vol.zarr"
+    with RedisServer(tmp_path / "redis") as redis, \
+            relay(tmp_path, "a", url, redis.url) as a, relay(tmp_path, "b", url, redis.url) as b:
+        check(a, (0, 128), (0, 128), (0, 8))
+        redis.kill()
+        started = time.monotonic()
+        for i, r in enumerate((a, b, a, b)):  # every request succeeds, with the right voxels
+            check(r, (0, 128), (0, 128), (0, 8))
+            check(r, (i * 32, i * 32 + 100), (50, 200), (i, 20 + i))
+        assert time.monotonic() - started < 20
+        redis.start()  # back, and empty
+        deadline = time.monotonic() + 30
+        box = ((128, 256), (128, 256), (24, 32))  # never read through B
+        while int(redis.cli("dbsize")) < 4:  # until A stored the box's 4 cuboids in Redis again
+            assert time.monotonic() < deadline, "the relays never used Redis again"
+            check(a, *box, refresh=True)
+        while b.metrics()["relay_cache_redis_down"]:  # B's breaker gives Redis a new try too
+            assert time.monotonic() < deadline, "B never tried Redis again"
+            time.sleep(0.05)  # polling B's breaker, which opens for a fixed time
+        before = chunk_reads(store)
+        check(b, *box)
+        assert chunk_reads(store) == before  # B read it from Redis
+        assert a.metrics()["relay_cache_redis_down"] == 0
+
+
+def test_garbage_over_every_value_serves_nothing_wrong(
+        tmp_path: Path, store: StaticFileServer, redis_server: RedisServer) -> None:
+    url = f"{store.url}/vol.zarr"
+    redis_server.cli("flushall")  # the module's other tests wrote there too
+    with relay(tmp_path, "a", url, redis_server.url) as a, \
+            relay(tmp_path, "b", url, redis_server.url) as b:
+        check(a, (0, 256), (0, 256), (0, 32))
+        keys = redis_server.cli("--scan", "--pattern", "relay:*").split()
+        assert len(keys) == 4 * 4 * 4
+        for key in keys:
+            redis_server.cli("set", key, "garbage, not a cuboid")
+        check(b, (0, 256), (0, 256), (0, 32))
+        check(b, (17, 99), (3, 250), (5, 27))
+        assert b.metrics()["relay_cache_redis_corrupt"] > 0
+        assert max(chunk_reads(store).values()) == 2  # read again by B, never served wrong
+        redis_server.cli("flushall")
+
+
+def test_a_leader_killed_mid_fetch_keeps_nobody_beyond_its_lease(tmp_path: Path,
+                                                                 redis_server: RedisServer) -> None:
+    write_store(tmp_path)
+    first = threading.Event()
+    hung: list[str] = []
+
+    def hang(path: str) -> bool:
+        # the first read of chunk (0, 0, 0) never answers: its reader dies holding the lease
+        if path.endswith("/c/0/0/0") and not first.is_set():
+            first.set()
+            hung.append(path)
+            return True
+        return False
+
+    with StaticFileServer(tmp_path, hang=hang) as store:
+        url = f"{store.url}/vol.zarr"
+        with relay(tmp_path, "a", url, redis_server.url) as a, \
+                relay(tmp_path, "b", url, redis_server.url) as b, ThreadPoolExecutor(2) as pool:
+            leader = pool.submit(lambda: httpx.get(
+                f"{a.url}/v1/cutout/col/exp/ch/0/0:64/0:64/0:8/", timeout=60))
+            assert first.wait(30)
+            leases = redis_server.cli("--scan", "--pattern", "relay:*:lease").split()
+            assert len(leases) == 1  # A holds the lease on the cuboid it reads
+            waiter = pool.submit(check, b, (0, 64), (0, 64), (0, 8))
+            deadline = time.monotonic() + 30
+            while b.metrics().get("relay_cache_redis_lease_waits", 0) == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)  # polling B's counter: it is waiting on A's lease
+            assert a.process is not None
+            a.process.kill()  # -9, mid-fetch, holding the lease
+            killed = time.monotonic()
+            waiter.result(timeout=30)  # B's voxels are right
+            assert time.monotonic() - killed <= LEASE + 1.0 + 2.0
+            assert b.metrics()["relay_cache_redis_lease_takeovers"] == 1
+            with pytest.raises(httpx.TransportError):
+                leader.result()
+    redis_server.cli("flushall")
