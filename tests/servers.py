@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -365,3 +366,54 @@ class RedisClusterServers:
     def __exit__(self, *exc: object) -> None:
         for node in self.nodes:
             node.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+FLEET_NGINX = REPO / "docker" / "nginx-fleet.conf"
+
+
+class NginxBalancer:
+    """Debian's nginx with the fleet recipe's own config (docker/nginx-fleet.conf), its relay
+    names and port replaced by loopback addresses: the compose file's balancer, on loopback."""
+
+    def __init__(self, directory: Path, backends: list[str]) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        text = FLEET_NGINX.read_text()
+        for number, backend in enumerate(backends, 1):
+            assert f"relay{number}:8000" in text
+            text = text.replace(f"relay{number}:8000", backend)
+        assert f"relay{len(backends) + 1}:8000" not in text, "as many relays as the recipe"
+        text = text.replace("listen 8000;", f"listen 127.0.0.1:{self.port};")
+        text = text.replace("pid /tmp/nginx-fleet.pid;", f"pid {directory}/nginx.pid;")
+        text = text.replace("error_log /dev/stderr warn;", f"error_log {directory}/error.log;")
+        (directory / "nginx.conf").write_text(text)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> NginxBalancer:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [binary, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf"),
+             "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(self.directory / 'error.log').read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not answer")
+            time.sleep(0.05)  # polling a readiness probe, not waiting for an effect
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -20,8 +20,10 @@ import httpx
 import numpy as np
 import pytest
 import zarr
+from cloudvolume import CloudVolume
+from intern.remote.boss import BossRemote
 
-from .servers import RedisServer, RelayProcess, StaticFileServer, write_config
+from .servers import NginxBalancer, RedisServer, RelayProcess, StaticFileServer, write_config
 
 SHAPE_ZYX = (32, 256, 256)
 CHUNK_ZYX = (8, 64, 64)
@@ -193,3 +195,58 @@ def test_a_leader_killed_mid_fetch_keeps_nobody_beyond_its_lease(tmp_path: Path,
             with pytest.raises(httpx.TransportError):
                 leader.result()
     redis_server.cli("flushall")
+
+
+def test_the_fleet_recipe_behind_nginx_read_with_intern_and_cloudvolume(
+        tmp_path: Path, store: StaticFileServer) -> None:
+    """docker-compose.fleet.yml's topology on loopback: Redis, three relays and nginx with the
+    recipe's own config (consistent hashing on the URI); intern reads the volume in the BossDB
+    dialect, cloud-volume in the precomputed one, and the store sees each chunk read once."""
+    url = f"{store.url}/vol.zarr"
+    with RedisServer(tmp_path / "redis") as redis, \
+            relay(tmp_path, "r1", url, redis.url) as r1, \
+            relay(tmp_path, "r2", url, redis.url) as r2, \
+            relay(tmp_path, "r3", url, redis.url) as r3, \
+            NginxBalancer(tmp_path / "nginx", [r.host for r in (r1, r2, r3)]) as nginx:
+        remote = BossRemote({"protocol": "http", "host": f"127.0.0.1:{nginx.port}",
+                             "token": "public"})
+        channel = remote.get_channel("ch", "col", "exp")
+        got = remote.get_cutout(channel, 0, [0, 256], [0, 256], [0, 32])
+        assert np.array_equal(got, DATA)
+        volume = CloudVolume(f"precomputed://{nginx.url}/precomputed/col/exp/ch",
+                             progress=False, cache=False)
+        assert np.array_equal(np.asarray(volume[:, :, :])[..., 0].transpose(2, 1, 0), DATA)
+        assert np.array_equal(np.asarray(volume[17:201, 5:99, 3:30])[..., 0].transpose(2, 1, 0),
+                              DATA[3:30, 5:99, 17:201])
+        reads = chunk_reads(store)
+        assert len(reads) == 4 * 4 * 4 and max(reads.values()) == 1
+        served = [r.metrics().get("relay_requests_total", 0) for r in (r1, r2, r3)]
+        assert sum(1 for count in served if count > 0) >= 2, served  # the ring spreads them
+
+
+def test_the_compose_fleet_is_the_topology_tested_above(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose.fleet.yml names the relays nginx-fleet.conf balances, gives each the one
+    Redis, and its environment turns the image's own config into a fleet member."""
+    import yaml
+
+    from relay.config import load_settings
+
+    from .servers import FLEET_NGINX, REPO
+
+    compose = yaml.safe_load((REPO / "docker-compose.fleet.yml").read_text())
+    services = compose["services"]
+    relays = sorted(name for name in services if name.startswith("relay"))
+    assert relays == ["relay1", "relay2", "relay3"]
+    nginx = FLEET_NGINX.read_text()
+    assert "hash $request_uri consistent;" in nginx
+    assert all(f"server {name}:8000" in nginx for name in relays)
+    assert any(v.startswith("./docker/nginx-fleet.conf:") for v in services["nginx"]["volumes"])
+    assert "redis-server" in services["redis"]["command"]
+    for name in relays:
+        environment = services[name]["environment"]
+        assert environment["RELAY_CACHE__REDIS_URL"] == "redis://redis:6379/0"
+        for key, value in environment.items():
+            monkeypatch.setenv(key, value)
+        settings = load_settings(REPO / "docker" / "relay.yaml")
+        assert settings.cache.redis_url == "redis://redis:6379/0"
+        assert settings.cache.disk_dir is not None and settings.cache.memory_bytes > 0
