@@ -28,8 +28,26 @@ import yaml
 from bench.serving import wait_ready
 from tests.servers import RelayProcess, free_port
 
-__all__ = ["CUBOID", "FULL", "ROOT", "SMOKE", "Bench", "Curve", "MiB", "Mode", "Report", "Row",
-           "http", "median_of", "nginx", "raw_starlette", "start_relay", "timed_get", "wrk"]
+__all__ = [
+    "CUBOID",
+    "FULL",
+    "ROOT",
+    "SMOKE",
+    "Bench",
+    "Curve",
+    "MiB",
+    "Mode",
+    "Report",
+    "Row",
+    "http",
+    "median_of",
+    "nginx",
+    "raw_starlette",
+    "start_relay",
+    "timed_get",
+    "writes_landed",
+    "wrk",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -198,14 +216,23 @@ http {{
 
 
 def relay_config(path: Path, sources: list[dict[str, Any]], cache: Path, **extra: Any) -> Path:
+    """A relay's config file; ``extra`` sets (or, with None, turns off) cache keys."""
     path.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1"},
-        "cache": {"memory_bytes": extra.pop("memory_bytes", 1024 * MiB),
-                  "decoded_bytes": extra.pop("decoded_bytes", 256 * MiB),
-                  "disk_dir": str(cache), "disk_bytes": 8 * 1024 * MiB},
+        "cache": {"memory_bytes": 1024 * MiB, "decoded_bytes": 256 * MiB,
+                  "disk_dir": str(cache), "disk_bytes": 8 * 1024 * MiB, **extra},
         "sources": sources,
     }))
     return path
+
+
+def writes_landed(relay: RelayProcess, within: float = 60.0) -> None:
+    """Wait until the relay's write-behind (disk, Redis) has landed."""
+    deadline = time.monotonic() + within
+    while relay.metrics().get("relay_cache_pending_writes", 0):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{relay.url}: cache writes still pending after {within} s")
+        time.sleep(0.02)
 
 
 def start_relay(stack: ExitStack, root: Path, name: str, sources: list[dict[str, Any]],

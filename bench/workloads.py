@@ -13,6 +13,11 @@
      on one aligned cuboid (p50/p99 latency, throughput)
   P6 warm and cold through a 2- and 3-relay chain vs one relay
   P7 peak RSS while scanning 10× the memory-tier budget
+  P8 a fleet's cold scan: three relays sharing Redis behind nginx (consistent hashing), four
+     clients each reading the whole volume in unaligned boxes: upstream reads ÷ cuboids (the
+     same fleet without Redis beside it)
+  P9 a cuboid the fleet holds but this relay has never seen (a Redis hit) vs the same relay's
+     own disk-tier hit and an upstream read
 """
 
 from __future__ import annotations
@@ -47,9 +52,10 @@ from bench.harness import (
     median_of,
     nginx,
     timed_get,
+    writes_landed,
     wrk,
 )
-from tests.servers import RelayProcess, free_port
+from tests.servers import NginxBalancer, RedisServer, RelayProcess, free_port
 
 __all__ = ["WORKLOADS", "Workload"]
 
@@ -307,8 +313,102 @@ def p7(bench: Bench) -> None:
                                  detail=f"scanned {scanned / MiB:.0f} MiB"))
 
 
+def _cuboid_url(relay: RelayProcess, bx: int, by: int, bz: int) -> str:
+    return (f"{relay.url}/v1/cutout/b/e/u8/0/{bx * 512}:{bx * 512 + 512}/"
+            f"{by * 512}:{by * 512 + 512}/{bz * 16}:{bz * 16 + 16}/")
+
+
+def _grid(mode: Mode) -> list[tuple[int, int, int]]:
+    z, y, x = mode.shape_zyx
+    return [(bx, by, bz) for bz in range(z // 16) for by in range(y // 512)
+            for bx in range(x // 512)]
+
+
+def _fleet_scan(bench: Bench, name: str, redis_url: str | None) -> tuple[int, float]:
+    """Three fresh relays behind nginx, four clients each reading the whole volume in 1000×
+    1000×20 boxes from its own offset and in its own order: (upstream reads, seconds)."""
+    mode = bench.mode
+    z, y, x = mode.shape_zyx
+    extra = {"redis_url": redis_url} if redis_url else {}
+    with ExitStack() as stack:
+        relays = [bench.start_relay(f"{name}-{i}", bench.sources, stack, **extra)
+                  for i in range(3)]
+        balancer = stack.enter_context(
+            NginxBalancer(bench.root / f"{name}-nginx", [r.host for r in relays]))
+        boxes = [(x0, y0, z0) for z0 in range(0, z, 20) for y0 in range(0, y, 1000)
+                 for x0 in range(0, x, 1000)]
+
+        def client(number: int) -> None:
+            # client 0 covers the volume; the others start elsewhere, shifted off the grid
+            shift, start = number * 137, number * len(boxes) // 4
+            order = boxes[start:] + boxes[:start]
+            for x0, y0, z0 in order:
+                x0, y0 = (x0 + shift) % x, (y0 + shift) % y
+                url = (f"{balancer.url}/v1/cutout/b/e/u8/0/{x0}:{min(x, x0 + 1000)}/"
+                       f"{y0}:{min(y, y0 + 1000)}/{z0}:{min(z, z0 + 20)}/")
+                http.get(url).raise_for_status()
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        reads = sum(relay.upstream_reads() for relay in relays)
+    return reads, seconds
+
+
+def p8(bench: Bench) -> None:
+    cuboids = len(_grid(bench.mode))
+    redis = bench.enter(RedisServer(bench.root / "p8-redis"))
+    shared, shared_s = _fleet_scan(bench, "p8-fleet", redis.url)
+    alone, alone_s = _fleet_scan(bench, "p8-alone", None)
+    bench.report.rows.append(Row(
+        "P8 fleet cold scan: upstream reads ÷ cuboids", f"{shared / cuboids:.2f} "
+        f"({shared} / {cuboids}, {shared_s:.1f} s)",
+        f"same fleet without Redis {alone / cuboids:.2f} ({alone_s:.1f} s)", shared / cuboids,
+        "= 1.00", shared == cuboids,
+        detail="3 relays behind nginx, 4 clients each reading the whole volume"))
+
+
+def p9(bench: Bench) -> None:
+    """First reads, through one relay, of: a cuboid only another relay of the fleet has read (a
+    Redis hit), one this relay read before it restarted (a hit in its own disk tier: its memory
+    is empty after the restart), and one nobody has read (upstream)."""
+    per_set = bench.mode.cold_reads
+    grid = _grid(bench.mode)
+    own, fleet, cold = (grid[i * per_set:(i + 1) * per_set] for i in range(3))
+    redis = bench.enter(RedisServer(bench.root / "p9-redis"))
+    with ExitStack() as stack:
+        other = bench.start_relay("p9-other", bench.sources, stack, redis_url=redis.url)
+        this = bench.start_relay("p9-this", bench.sources, stack, redis_url=redis.url)
+        for cuboid in fleet:
+            http.get(_cuboid_url(other, *cuboid)).raise_for_status()
+        for cuboid in own:
+            http.get(_cuboid_url(this, *cuboid)).raise_for_status()
+        writes_landed(other)
+        this.stop()  # its write-behind lands; its memory tiers go
+        this.start()
+        disk_s = statistics.median(timed_get(_cuboid_url(this, *c)) for c in own)
+        before = this.upstream_reads()
+        redis_s = statistics.median(timed_get(_cuboid_url(this, *c)) for c in fleet)
+        if this.upstream_reads() != before:
+            raise RuntimeError("P9: a cuboid the fleet held was read upstream")
+        upstream_s = statistics.median(timed_get(_cuboid_url(this, *c)) for c in cold)
+    bench.report.rows.append(Row(
+        "P9 cuboid the fleet holds, new to this relay", f"{redis_s * 1e3:.1f} ms",
+        f"its own disk-tier hit {disk_s * 1e3:.1f} ms", redis_s / disk_s, "≤ 1.5 (time)",
+        redis_s / disk_s <= 1.5, detail=f"{per_set} first reads each"))
+    bench.report.rows.append(Row(
+        "P9 cuboid the fleet holds, new to this relay", f"{redis_s * 1e3:.1f} ms",
+        f"upstream read (local zarr) {upstream_s * 1e3:.1f} ms", redis_s / upstream_s,
+        "< 1 (time)", redis_s < upstream_s))
+
+
 #: every workload by the name ``--only`` takes, in the order a run takes them (the curves read
 #: the whole volume through the first relay, so the cold chain reads of P6 start fresh relays)
 WORKLOADS: dict[str, Workload] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "CURVES": curves, "P6": p6, "P7": p7,
+    "P8": p8, "P9": p9,
 }

@@ -89,6 +89,10 @@ def test_what_one_relay_read_another_serves_with_no_upstream_read(
         check(b, (64, 128), (64, 128), (8, 16))  # a part of it, one whole cuboid
         assert chunk_reads(store) == read  # not one more chunk read at the store
         assert b.metrics()["relay_cache_redis_hits_total"] > 0
+        gauges = httpx.get(f"{b.url}/stats", timeout=10).json()["gauges"]
+        assert gauges["cache_redis_hits_total"] > 0 and gauges["cache_redis_errors"] == 0
+        assert {"cache_redis_lease_waits", "cache_redis_lease_takeovers",
+                "cache_redis_down"} <= set(gauges)
 
 
 def test_concurrent_cold_readers_read_each_chunk_once(

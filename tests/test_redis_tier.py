@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -268,3 +269,49 @@ def test_redis_urls() -> None:
     for bad in ("http://h", "redis://", "redis+cluster://:7000"):
         with pytest.raises(ValueError):
             parse_redis_url(bad)
+
+
+async def test_a_full_redis_refuses_writes_and_nothing_fails(redis_server: RedisServer) -> None:
+    """maxmemory with Redis's default noeviction: writes are refused (counted), reads go on,
+    and the breaker stays closed (Redis is up; it is only full)."""
+    tier = _tier(redis_server.url)
+    cache = TieredCache([MemoryTier(BUDGET), tier])
+    await cache.put("before", value(1))
+    await cache.drain()
+    used = int(_info(redis_server, "used_memory"))
+    redis_server.cli("config", "set", "maxmemory-policy", "noeviction")
+    redis_server.cli("config", "set", "maxmemory", str(used + ENTRY // 2))
+    try:
+        for i in range(4):
+            await cache.put(f"k{i}", value(i))  # never raises
+        await cache.drain()
+        assert cache.counters["redis_errors"] == 4
+        assert await tier.get("before") == value(1)  # still read
+        assert await tier.get("k0") is None
+        assert tier.stats()["down"] == 0
+    finally:
+        redis_server.cli("config", "set", "maxmemory", "0")
+        redis_server.cli("config", "set", "maxmemory-policy", "allkeys-lru")
+        await cache.aclose()
+
+
+async def test_a_cluster_slot_moved_is_followed(redis_cluster: RedisClusterServers) -> None:
+    """Slots resharded from one master to another while the tier is in use (the keys move with
+    them): every value is still found where it went."""
+    tier = _tier(redis_cluster.url)
+    for i in range(32):
+        await tier.put(f"k{i}", value(i, 1024))
+    source, target = redis_cluster.nodes[0], redis_cluster.nodes[1]
+    source_id = source.cli("cluster", "myid")
+    target_id = target.cli("cluster", "myid")
+    held = len(source.cli("--scan").split())
+    assert held > 0
+    subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
+                    "--cluster-from", source_id, "--cluster-to", target_id,
+                    "--cluster-slots", "16384", "--cluster-yes"],
+                   check=True, capture_output=True, timeout=120)
+    assert source.cli("--scan") == ""  # every key moved off the source
+    assert [await tier.get(f"k{i}") for i in range(32)] == [value(i, 1024) for i in range(32)]
+    await tier.put("after", value(99, 1024))
+    assert await tier.get("after") == value(99, 1024)
+    await tier.aclose()

@@ -72,6 +72,9 @@ return 0
 #: Redis calls in flight at once, per process: below redis-py's connection limits (it raises
 #: rather than waits past them), and plenty for cuboid-sized values
 MAX_CALLS = 32
+#: bytes asked of the socket at a time: a cuboid is megabytes, and every read is a trip through
+#: the event loop and the parser (redis-py's 64 KiB made a 4 MiB value some 60 of them)
+_READ_SIZE = 1 << 20
 
 
 def parse_redis_url(url: str) -> tuple[str, list[tuple[str, int]]]:
@@ -147,6 +150,7 @@ class RedisTier(CacheTier):
             # when to try again
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "max_connections": MAX_CALLS,
+            "socket_read_size": _READ_SIZE,
         }
         self.client: aioredis.Redis | RedisCluster
         if nodes:
