@@ -49,6 +49,11 @@ class Catalog:
     def __init__(self, sources: Sequence[SourceSettings], registry: Registry,
                  context: UpstreamContext | None = None) -> None:
         self._entries = [(source, registry.create(source, context)) for source in sources]
+        # which upstreams speak BossDB, found once: a runtime protocol check costs microseconds
+        # (about a tenth of a metadata request) and the answer never changes
+        self._speakers: dict[int, SpeaksBoss] = {
+            id(upstream): upstream for _, upstream in self._entries
+            if isinstance(upstream, SpeaksBoss)}
         self._memo = context.memo if context is not None else None
         self._remembered: dict[str, ChannelInfo] = {}  # memo key → the info last remembered
         self._offline: set[str] = set()  # memo keys served from the memo (logged once each)
@@ -63,7 +68,11 @@ class Catalog:
 
     @property
     def boss_speakers(self) -> list[SpeaksBoss]:
-        return [upstream for upstream in self.upstreams if isinstance(upstream, SpeaksBoss)]
+        return list(self._speakers.values())
+
+    def speaks_boss(self, upstream: Upstream) -> SpeaksBoss | None:
+        """``upstream`` as a BossDB speaker, or None."""
+        return self._speakers.get(id(upstream))
 
     def claim(self, *names: str) -> tuple[SourceSettings, Upstream] | None:
         """The first source whose patterns match ``names`` (collection[, experiment[, channel]])."""
@@ -75,9 +84,7 @@ class Catalog:
     def passthrough(self, *names: str) -> SpeaksBoss | None:
         """The upstream that answers metadata for ``names`` verbatim, if the claimant is one."""
         claimed = self.claim(*names)
-        if claimed is not None and isinstance(claimed[1], SpeaksBoss):
-            return claimed[1]
-        return None
+        return None if claimed is None else self.speaks_boss(claimed[1])
 
     async def _listed(self, level: int, path: str, key: str, names: Sequence[str],
                       token: str | None) -> list[str]:
@@ -93,8 +100,9 @@ class Catalog:
             pattern = (source.collection, source.experiment, source.channel)[level]
             if pattern != "*":
                 out.append(pattern)
-            elif isinstance(upstream, SpeaksBoss) and (first is None or first[1] is upstream):
-                out.extend((await upstream.boss_json(path, token))[key])
+            elif (speaker := self.speaks_boss(upstream)) is not None and (
+                    first is None or first[1] is upstream):
+                out.extend((await speaker.boss_json(path, token))[key])
         return _unique(out)
 
     async def collections(self, token: str | None = None) -> list[str]:
@@ -169,8 +177,8 @@ class Catalog:
             try:
                 if "*" not in names:
                     await upstream.channel_info(ChannelRef(*names))
-                elif isinstance(upstream, SpeaksBoss):
-                    await upstream.boss_json(dialect.collections())
+                elif (speaker := self.speaks_boss(upstream)) is not None:
+                    await speaker.boss_json(dialect.collections())
             except Exception as exc:  # any failure to answer is the one line to print
                 why = exc.message if isinstance(exc, RelayError) else f"{exc!r}"[:300]
                 problems.append((f"{'/'.join(names)} ({source.kind})", why))

@@ -18,7 +18,6 @@ from .catalog import Catalog, Channel
 from .errors import RelayError, ResourceNotFound
 from .geometry import Box, Vec3
 from .model import ChannelInfo, ChannelRef, show
-from .upstreams.base import SpeaksBoss
 
 __all__ = [
     "BossMetadata",
@@ -73,7 +72,7 @@ def local_frames(catalog: Catalog) -> dict[str, tuple[str, str]]:
     """Frame name → (collection, experiment) for the experiments this relay describes itself."""
     frames: dict[str, tuple[str, str]] = {}
     for source, upstream in catalog.entries:
-        local = not isinstance(upstream, SpeaksBoss)
+        local = catalog.speaks_boss(upstream) is None
         if local and "*" not in (source.collection, source.experiment):
             name = frame_name(source.collection, source.experiment)
             frames.setdefault(name, (source.collection, source.experiment))
