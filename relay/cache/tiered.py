@@ -41,6 +41,10 @@ class TieredCache(CacheTier):
         self, tiers: Sequence[CacheTier], max_pending_bytes: int = DEFAULT_PENDING_BYTES
     ) -> None:
         self.tiers = list(tiers)
+        #: the tier a fleet shares, with its depth (found once: a protocol check is slow)
+        self._shared: tuple[int, Leasing] | None = next(
+            ((depth, tier) for depth, tier in enumerate(self.tiers) if isinstance(tier, Leasing)),
+            None)
         self.max_pending_bytes = max_pending_bytes
         self._pending: set[asyncio.Task[None]] = set()
         self._pending_bytes = 0
@@ -77,12 +81,10 @@ class TieredCache(CacheTier):
         """Around an upstream read of ``key`` after a miss: the shared tier's lease when there
         is one (``Leasing``), so a fleet reads each key once. A value another process stored
         meanwhile is yielded, promoted into the tiers above; None: read, then ``put``."""
-        shared = next(((d, t) for d, t in enumerate(self.tiers) if isinstance(t, Leasing)), None)
-        if shared is None:
+        if self._shared is None:
             yield None
             return
-        depth, tier = shared
-        assert isinstance(tier, Leasing)
+        depth, tier = self._shared
         async with tier.lease(key) as supplied:
             if supplied is not None:
                 self.counters[f"{self.tiers[depth].name}_hits"] += 1
