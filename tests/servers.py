@@ -20,6 +20,17 @@ import yaml
 READY_TIMEOUT = 90.0
 
 
+def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``condition`` (a readiness probe, a counter another process moves) until it holds;
+    a RuntimeError naming ``what`` after ``within`` seconds. The condition may raise to stop
+    the wait early (a process that exited)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {within} s")
+        time.sleep(0.02)  # polling the condition, bounded by the deadline
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,6 +46,10 @@ def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | No
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class _Exited(RuntimeError):
+    """The process being waited for is gone: no point waiting on."""
 
 
 class RelayProcess:
@@ -81,22 +96,28 @@ class RelayProcess:
         else:
             self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.STDOUT, preexec_fn=self.preexec)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.process.returncode}: {argv}")
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise _Exited(f"relay exited with {process.returncode}: {argv}")
             if self.port_file.exists():
                 self.port = int(self.port_file.read_text())
             try:
                 # readiness only: a TLS test checks the certificate itself
-                if self.port and httpx.get(self.url + "/healthz", timeout=1.0,
-                                           verify=False).status_code == 200:
-                    return self
+                return bool(self.port) and httpx.get(self.url + "/healthz", timeout=1.0,
+                                                     verify=False).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # polling a readiness probe, not waiting for an effect
-        self.stop()
-        raise RuntimeError("relay did not become ready")
+                return False
+
+        try:
+            wait_for(ready, READY_TIMEOUT, "relay ready")
+        except _Exited:
+            raise
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError("relay did not become ready") from None
+        return self
 
     def stop(self) -> int:
         """SIGTERM (graceful: pending cache writes land), then wait."""
@@ -157,11 +178,13 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
+
+        def started() -> bool:
+            if not self.thread.is_alive():
                 raise RuntimeError("threaded server did not start")
-            time.sleep(0.01)  # polling the server's own started flag
+            return bool(self.server.started)
+
+        wait_for(started, READY_TIMEOUT, "threaded server started")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -290,18 +313,19 @@ class RedisServer:
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.directory), *self.options],
                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see "
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode}; see "
                                    f"{self.directory / 'redis.log'}")
             try:
-                if _redis_ping(self.port) == b"+PONG":
-                    return self
+                return _redis_ping(self.port) == b"+PONG"
             except OSError:
-                pass
-            time.sleep(0.02)  # polling a readiness probe, not waiting for an effect
-        raise RuntimeError("redis-server did not answer PING")
+                return False
+
+        wait_for(answers, 30, "redis-server answering PING")
+        return self
 
     def cli(self, *args: str) -> str:
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], check=True,
@@ -352,11 +376,8 @@ class RedisClusterServers:
                         *(f"127.0.0.1:{n.port}" for n in self.nodes),
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 30
-        while not all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.05)  # polling the cluster's own state
+        wait_for(lambda: all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes),
+                 30, "the Redis Cluster reaching cluster_state:ok")
         return self
 
     def cli(self, *args: str) -> str:
@@ -400,18 +421,18 @@ class NginxBalancer:
         self.process = subprocess.Popen(
             [binary, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf"),
              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"nginx exited: {(self.directory / 'error.log').read_text()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return self
+                return httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not answer")
-            time.sleep(0.05)  # polling a readiness probe, not waiting for an effect
+                return False
+
+        wait_for(answers, 30, "nginx answering")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None

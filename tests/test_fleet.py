@@ -23,7 +23,14 @@ import zarr
 from cloudvolume import CloudVolume
 from intern.remote.boss import BossRemote
 
-from .servers import NginxBalancer, RedisServer, RelayProcess, StaticFileServer, write_config
+from .servers import (
+    NginxBalancer,
+    RedisServer,
+    RelayProcess,
+    StaticFileServer,
+    wait_for,
+    write_config,
+)
 
 SHAPE_ZYX = (32, 256, 256)
 CHUNK_ZYX = (8, 64, 64)
@@ -135,9 +142,9 @@ def test_redis_killed_then_restarted_empty(tmp_path: Path, store: StaticFileServ
         while int(redis.cli("dbsize")) < 4:  # until A stored the box's 4 cuboids in Redis again
             assert time.monotonic() < deadline, "the relays never used Redis again"
             check(a, *box, refresh=True)
-        while b.metrics()["relay_cache_redis_down"]:  # B's breaker gives Redis a new try too
-            assert time.monotonic() < deadline, "B never tried Redis again"
-            time.sleep(0.05)  # polling B's breaker, which opens for a fixed time
+        # B's breaker gives Redis a new try too
+        wait_for(lambda: not b.metrics()["relay_cache_redis_down"],
+                 deadline - time.monotonic(), "B trying Redis again")
         before = chunk_reads(store)
         check(b, *box)
         assert chunk_reads(store) == before  # B read it from Redis
@@ -186,10 +193,9 @@ def test_a_leader_killed_mid_fetch_keeps_nobody_beyond_its_lease(tmp_path: Path,
             leases = redis_server.cli("--scan", "--pattern", "relay:*:lease").split()
             assert len(leases) == 1  # A holds the lease on the cuboid it reads
             waiter = pool.submit(check, b, (0, 64), (0, 64), (0, 8))
-            deadline = time.monotonic() + 30
-            while b.metrics().get("relay_cache_redis_lease_waits", 0) == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)  # polling B's counter: it is waiting on A's lease
+            # B is waiting on A's lease
+            wait_for(lambda: b.metrics().get("relay_cache_redis_lease_waits", 0) > 0, 30,
+                     "B waiting on A's lease")
             assert a.process is not None
             a.process.kill()  # -9, mid-fetch, holding the lease
             killed = time.monotonic()

@@ -65,9 +65,7 @@ class TieredCache(CacheTier):
         for depth, tier in enumerate(self.tiers):
             value = await self._guard(tier, "get", functools.partial(tier.get, key))
             if value is not None:
-                self.counters[f"{tier.name}_hits"] += 1
-                for upper_depth, upper in enumerate(self.tiers[:depth]):  # promote
-                    await self._put_one(upper, key, value, upper_depth)
+                await self._hit(depth, key, value)
                 return value
         value = self._in_transit.get(key)
         if value is not None:
@@ -87,10 +85,14 @@ class TieredCache(CacheTier):
         depth, tier = self._shared
         async with tier.lease(key) as supplied:
             if supplied is not None:
-                self.counters[f"{self.tiers[depth].name}_hits"] += 1
-                for upper_depth, upper in enumerate(self.tiers[:depth]):
-                    await self._put_one(upper, key, supplied, upper_depth)
+                await self._hit(depth, key, supplied)
             yield supplied
+
+    async def _hit(self, depth: int, key: str, value: bytes) -> None:
+        """Count a hit in the tier at ``depth`` and copy the value into the faster tiers."""
+        self.counters[f"{self.tiers[depth].name}_hits"] += 1
+        for upper_depth, upper in enumerate(self.tiers[:depth]):
+            await self._put_one(upper, key, value, upper_depth)
 
     async def put(self, key: str, value: bytes) -> None:
         for depth, tier in enumerate(self.tiers):
