@@ -17,6 +17,7 @@ from . import dialect
 from .config import SourceSettings
 from .errors import ConfigError, RelayError, ResourceNotFound, UpstreamError
 from .model import ChannelInfo, ChannelRef, checked_info, token_digest
+from .pyramid import Pyramid, derive_levels
 from .upstreams.base import SpeaksBoss, Upstream, UpstreamContext
 from .upstreams.kinds import Registry
 
@@ -33,7 +34,8 @@ class Channel:
     ref: ChannelRef
     source: SourceSettings
     upstream: Upstream
-    info: ChannelInfo
+    info: ChannelInfo             # the store's levels, then the derived ones
+    pyramid: Pyramid | None = None  # which levels are derived (None: every level is stored)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -57,6 +59,8 @@ class Catalog:
         self._memo = context.memo if context is not None else None
         self._remembered: dict[str, ChannelInfo] = {}  # memo key → the info last remembered
         self._offline: set[str] = set()  # memo keys served from the memo (logged once each)
+        # id(description) → (description, with its derived levels)
+        self._derived: dict[int, tuple[ChannelInfo, tuple[ChannelInfo, Pyramid | None]]] = {}
 
     @property
     def entries(self) -> list[tuple[SourceSettings, Upstream]]:
@@ -132,7 +136,27 @@ class Catalog:
             self._require(ref.collection, ref.experiment)
             raise ResourceNotFound(f"Channel {ref.channel} not found")
         source, upstream = claimed
-        return Channel(ref, source, upstream, await self._info(source, upstream, ref, token))
+        info = await self._info(source, upstream, ref, token)
+        return Channel(ref, source, upstream, *self._pyramid(source, upstream, info))
+
+    def _pyramid(self, source: SourceSettings, upstream: Upstream, info: ChannelInfo
+                 ) -> tuple[ChannelInfo, Pyramid | None]:
+        """``info`` with the derived levels its source asks for. A BossDB-speaking upstream
+        (BossDB, another relay) keeps its own pyramid: its metadata is passed through as it
+        is, and must agree with the levels served. Worked out once per description."""
+        if source.downsample == "none" or self.speaks_boss(upstream) is not None:
+            return info, None
+        held = self._derived.get(id(info))
+        if held is not None and held[0] is info:
+            return held[1]
+        method = source.downsample_method
+        if method == "auto":
+            method = "mode" if info.type == "annotation" else "mean"
+        derived = derive_levels(info, method, source.levels)
+        if len(self._derived) >= _TRACKED:
+            self._derived.clear()
+        self._derived[id(info)] = (info, derived)
+        return derived
 
     async def _info(self, source: SourceSettings, upstream: Upstream, ref: ChannelRef,
                     token: str | None) -> ChannelInfo:

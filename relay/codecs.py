@@ -9,6 +9,10 @@ Wire encodings (BossDB's ``bossspatialdb/renderers.py`` and ``parsers.py``; inte
 - ``application/blosc-python``: ``blosc.pack_array`` (pickle inside; we only ever produce it).
 - ``application/npygz``: zlib (RFC 1950, not gzip) of ``np.save`` bytes.
 - ``image/jpeg``: uint8 3-D only; the z slices stacked vertically into one grey image.
+
+And the precomputed dialect's ``compressed_segmentation`` chunks (neuroglancer's
+``src/sliceview/compressed_segmentation/README.md``; the maintained ``compressed-segmentation``
+package encodes them, cloud-volume, tensorstore and neuroglancer decode them).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from enum import StrEnum
 from typing import Any
 
 import blosc
+import compressed_segmentation
 import numpy as np
 from PIL import Image
 
 from .errors import DatatypeMismatch, NotAcceptable, RequestTooLarge, Unsupported4D
 
 __all__ = [
+    "CSEG_BLOCK",
+    "CSEG_DTYPES",
     "DTYPES",
     "MediaType",
     "blosc_sizes",
@@ -35,6 +42,7 @@ __all__ = [
     "check_jpeg",
     "decode_blosc",
     "encode",
+    "encode_compressed_segmentation",
     "encoding_bytes",
     "negotiate",
     "pack_cuboid",
@@ -294,3 +302,18 @@ def unpack_cuboid(packed: bytes | memoryview) -> np.ndarray:
         raise ValueError("packed cuboid has the wrong length")
     array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(z, y, x)
     return array
+
+
+#: The block size of the compressed_segmentation chunks served (x, y, z), what neuroglancer's
+#: and igneous's defaults are.
+CSEG_BLOCK = (8, 8, 8)
+#: What the codec takes.
+CSEG_DTYPES = frozenset({np.dtype("<u4"), np.dtype("<u8")})
+
+
+def encode_compressed_segmentation(voxels: np.ndarray) -> bytes:
+    """A Z,Y,X label array as one compressed_segmentation chunk (x fastest, ``CSEG_BLOCK``)."""
+    # the codec writes through a typed memoryview, which a read-only (cached) array refuses
+    labels = voxels if voxels.flags.writeable else voxels.copy()
+    # .T is the x, y, z view of the same bytes, Fortran-ordered: what the chunk is
+    return bytes(compressed_segmentation.compress(labels.T, block_size=CSEG_BLOCK, order="F"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,11 +34,12 @@ from .codecs import (
 )
 from .config import SourceSettings
 from .errors import RequestTooLarge, UpstreamError
-from .geometry import Box
+from .geometry import Box, Vec3
 from .metrics import Metrics
 from .model import token_digest
 from .offload import offload
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
+from .pyramid import factor, finer_box, reduce
 from .singleflight import SingleFlight
 
 __all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key"]
@@ -98,10 +99,14 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
     ref = channel.ref
     i, size = cuboid.index, level.cuboid
     partition = f"p-{token_digest(token)}/" if channel.upstream.partitioned else ""
+    pyramid = channel.pyramid
+    # a derived level's cuboids depend on how, and from which stored level, they were made
+    derived = (f"-{pyramid.method}-from{pyramid.stored}"
+               if pyramid is not None and pyramid.derives(resolution) else "")
     return (
         f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
         f"{ref.collection}/{ref.experiment}/"
-        f"{ref.channel}/r{resolution}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
+        f"{ref.channel}/r{resolution}{derived}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
     )
 
 
@@ -314,13 +319,17 @@ class CutoutService:
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
     ) -> tuple[np.ndarray, float, bytes | None]:
         channel = request.channel
-        self.metrics.inc("upstream_reads_total")
-        try:
-            data, frame = await channel.upstream.read_encoded(channel.ref, request.resolution,
-                                                              box, t, request.token)
-        except UpstreamError:
-            self.metrics.inc("upstream_errors_total")
-            raise
+        frame: bytes | None = None
+        if channel.pyramid is not None and channel.pyramid.derives(request.resolution):
+            data: np.ndarray | None = await self._derive(request, t, box)
+        else:
+            self.metrics.inc("upstream_reads_total")
+            try:
+                data, frame = await channel.upstream.read_encoded(
+                    channel.ref, request.resolution, box, t, request.token)
+            except UpstreamError:
+                self.metrics.inc("upstream_errors_total")
+                raise
         dtype = channel.info.dtype
         if data is None:
             data, frame = np.zeros(box.shape_zyx, dtype=dtype), None
@@ -342,6 +351,43 @@ class CutoutService:
                 packed = await offload(pack_cuboid, data, fetched_at, nbytes=data.nbytes)
             await self.cache.put(key, packed)
         return data, fetched_at, packed
+
+    async def _derive(self, request: CutoutRequest, t: int, box: Box) -> np.ndarray:
+        """A derived level's cuboid ``box``, made from the finer level's voxels (read through
+        the cache, as any request's) in pieces of about one finer cuboid each, so a piece's
+        voxels are let go as soon as they are reduced (``relay.pyramid``)."""
+        channel = request.channel
+        assert channel.pyramid is not None
+        level, method = request.resolution, channel.pyramid.method
+        finer = channel.info.levels[level - 1]
+        f = factor(finer.voxel_size)
+        out = np.empty(box.shape_zyx, channel.info.dtype)
+        self.metrics.inc("derived_cuboids_total")
+
+        async def piece(part: Box) -> None:
+            region, lead = finer_box(part, f, finer.bounds)
+            read = await self.read_cutout(replace(
+                request, resolution=level - 1, box=region,
+                times=None if t == 0 else range(t, t + 1)))
+            voxels = read.voxels if t == 0 else read.voxels[0]
+            reduced = await offload(reduce, voxels, f, method, lead, nbytes=voxels.nbytes)
+            out[part.zyx_slices(box.start)] = reduced
+
+        step = Vec3(*(max(1, c // a) for c, a in zip(finer.cuboid, f, strict=True)))
+        parts = [Box(Vec3(x, y, z), Vec3(min(x + step.x, box.stop.x), min(y + step.y, box.stop.y),
+                                         min(z + step.z, box.stop.z)))
+                 for z in range(box.start.z, box.stop.z, step.z)
+                 for y in range(box.start.y, box.stop.y, step.y)
+                 for x in range(box.start.x, box.stop.x, step.x)]
+        tasks = [asyncio.ensure_future(piece(part)) for part in parts]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return out
 
     async def _unpack(self, packed: bytes, channel: Channel, box: Box) -> np.ndarray | None:
         """The cached cuboid, or None when the entry does not hold what the plan expects."""

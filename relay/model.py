@@ -115,6 +115,17 @@ class SourceSettings(BaseModel):
     #: threads of this source's own for blocking store work: a hung store fills its own,
     #: never the others'
     max_threads: int = Field(4, ge=1, le=64)
+    #: derived levels below the store's own (``relay.pyramid``, docs/services.md): "auto" adds
+    #: levels until one fits a single cuboid in x and y; "none" serves the store's levels only
+    downsample: Literal["auto", "none"] = "auto"
+    #: at most this many levels in all, stored and derived (null: until one fits a cuboid)
+    levels: int | None = Field(None, ge=1, le=20)
+    #: how a derived voxel is made: "auto" is the mean for images, the most frequent label
+    #: for annotations
+    downsample_method: Literal["auto", "mean", "mode"] = "auto"
+    #: the precomputed dialect's chunk encoding: "auto" is compressed_segmentation for uint64
+    #: annotations (typically 10–50× smaller than raw) and raw for everything else
+    precomputed_encoding: Literal["auto", "raw", "compressed_segmentation"] = "auto"
 
     @field_validator("collection", "experiment", "channel")
     @classmethod

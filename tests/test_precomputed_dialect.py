@@ -56,7 +56,12 @@ def test_info_has_what_neuroglancer_requires(relay: RelayProcess, channel: str) 
         assert all(a >= b for a, b in zip(scale["resolution"], previous, strict=True))
         previous = scale["resolution"]
         assert len(scale["chunk_sizes"]) == 1 and all(v > 0 for v in scale["chunk_sizes"][0])
-        assert scale["encoding"] == "raw"
+        if channel == "seg":  # uint64 segmentation: compressed_segmentation by default
+            assert scale["encoding"] == "compressed_segmentation"
+            assert scale["compressed_segmentation_block_size"] == [8, 8, 8]
+        else:
+            assert scale["encoding"] == "raw"
+            assert "compressed_segmentation_block_size" not in scale
         assert all(isinstance(v, int) for v in scale["voxel_offset"])
     assert info["scales"][0]["resolution"] == [4.0, 4.0, 40.0]
     head = httpx.head(_url(relay, channel) + "/info")
@@ -111,3 +116,18 @@ def test_tensorstore_reads_every_level(relay: RelayProcess, demo_dir: Path, chan
     z, y, x = truth.shape
     got = store[x // 4:x, 3:y, 5:z, 0].read().result()  # x, y, z
     np.testing.assert_array_equal(np.asarray(got).transpose(2, 1, 0), truth[5:, 3:, x // 4:])
+
+
+def test_segmentation_chunks_are_compressed_and_decode_to_the_voxels(
+        relay: RelayProcess, demo_dir: Path) -> None:
+    """The codec's own decoder reads a chunk back to the stored voxels, and the chunk is a
+    small fraction of the raw bytes (the point of the encoding)."""
+    import compressed_segmentation as cseg
+
+    truth = store_truth(demo_dir, "seg", 0)[:16, :512, :512]
+    chunk = httpx.get(_url(relay, "seg") + "/0/0-512_0-512_0-16",
+                      headers={"Accept-Encoding": "identity"})
+    assert chunk.status_code == 200
+    assert len(chunk.content) * 10 < truth.nbytes, len(chunk.content)
+    decoded = cseg.decompress(chunk.content, (512, 512, 16), np.uint64, (8, 8, 8), order="F")
+    np.testing.assert_array_equal(np.asarray(decoded).T, truth)

@@ -5,9 +5,11 @@ and tensorstore.
     GET|HEAD /precomputed/{c}/{e}/{ch}/info
     GET|HEAD /precomputed/{c}/{e}/{ch}/{key}/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}
 
-One scale per resolution level (``key`` = the level's index), its chunk grid = the relay's
-cuboid grid, ``raw`` encoding: little-endian voxels, x fastest, which is exactly the bytes of a
-C-order (z, y, x) array. Edge chunks are clipped to the level's bounds, as neuroglancer asks.
+One scale per resolution level (``key`` = the level's index, derived levels included), its chunk
+grid = the relay's cuboid grid. ``raw`` encoding: little-endian voxels, x fastest, which is
+exactly the bytes of a C-order (z, y, x) array; uint64 segmentation is sent as
+``compressed_segmentation`` (8×8×8 blocks) unless the source says ``precomputed_encoding: raw``.
+Edge chunks are clipped to the level's bounds, as neuroglancer asks.
 A chunk outside the volume is a 404, which viewers draw as empty (a 500 would stall them).
 Chunks are gzip-encoded when the client accepts it.
 """
@@ -24,6 +26,7 @@ from starlette.responses import Response
 
 from ..budget import ByteBudget
 from ..catalog import Channel
+from ..codecs import CSEG_BLOCK, CSEG_DTYPES, encode_compressed_segmentation
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
@@ -33,7 +36,7 @@ from .common import caller_token, channel_for, stale_headers
 from .responses import BodyResponse
 from .routing import Router, add_route
 
-__all__ = ["info_json", "router"]
+__all__ = ["chunk_encoding", "info_json", "router"]
 
 router = Router()
 
@@ -44,9 +47,23 @@ _KEY = re.compile(r"[0-9]{1,2}")
 _NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 
 
+def chunk_encoding(channel: Channel) -> str:
+    """The chunks' encoding: compressed_segmentation where the source asks for it (or, by
+    default, for a uint64 annotation) and the codec takes the dtype; else raw."""
+    wanted = channel.source.precomputed_encoding
+    if wanted == "auto":
+        wanted = "compressed_segmentation" if channel.info.type == "annotation" else "raw"
+    if wanted == "compressed_segmentation" and channel.info.dtype in CSEG_DTYPES:
+        return wanted
+    return "raw"
+
+
 def info_json(channel: Channel) -> dict[str, Any]:
     info = channel.info
     to_nm = _NANOMETERS.get(info.voxel_unit, 1.0)
+    encoding: dict[str, Any] = {"encoding": chunk_encoding(channel)}
+    if encoding["encoding"] == "compressed_segmentation":
+        encoding["compressed_segmentation_block_size"] = list(CSEG_BLOCK)
     return {
         "@type": "neuroglancer_multiscale_volume",
         "type": "segmentation" if info.type == "annotation" else "image",
@@ -59,7 +76,7 @@ def info_json(channel: Channel) -> dict[str, Any]:
                 "resolution": [v * to_nm for v in level.voxel_size],
                 "voxel_offset": list(level.bounds.start),
                 "chunk_sizes": [list(level.cuboid)],
-                "encoding": "raw",
+                **encoding,
             }
             for r, level in enumerate(info.levels)
         ],
@@ -85,13 +102,16 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
     headers = {"Content-Type": "application/octet-stream"}
     nbytes = box.voxels * chan.info.dtype.itemsize
     check_size(request, nbytes)
+    segmented = chunk_encoding(chan) == "compressed_segmentation"
     if request.method == "HEAD":
-        headers["Content-Length"] = str(nbytes)
+        if not segmented:  # an encoded chunk's length is known once it is encoded
+            headers["Content-Length"] = str(nbytes)
         return Response(headers=headers)
     gzipped = "gzip" in request.headers.get("accept-encoding", "").lower()
-    # the peak: the voxels, and a gzip body no larger than them (plus its framing)
+    # the peak: the voxels, a compressed_segmentation copy and body (a block of 512 distinct
+    # labels takes a little more than raw), and a gzip body no larger than what it compresses
     budget: ByteBudget = request.app.state.budget
-    peak = nbytes * 2 + 4096 if gzipped else nbytes
+    peak = nbytes * (3 if segmented else 1) + (nbytes + 4096 if gzipped else 0)
     reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
         service: CutoutService = request.app.state.cutouts
@@ -100,11 +120,14 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         headers.update(stale_headers(result))
         # C-order (z, y, x) bytes are precomputed's x-fastest raw layout: sent as they are
         body: bytes | memoryview = np.ascontiguousarray(result.voxels).data.cast("B")
+        if segmented:
+            body = await offload(encode_compressed_segmentation, result.voxels, nbytes=nbytes)
         if gzipped:
             body = await offload(gzip.compress, body, 1, nbytes=nbytes)
             headers["Content-Encoding"] = "gzip"
             headers["Vary"] = "Accept-Encoding"
-            reservation.shrink(len(body))
+        if segmented or gzipped:
+            reservation.shrink(len(body))  # what is held from here on: the body alone
     except BaseException:
         reservation.release()
         raise
