@@ -36,6 +36,7 @@ from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
+from .meshes import MeshService
 from .metadata import BossMetadata
 from .metrics import Metrics
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
@@ -181,6 +182,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.metrics = metrics
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))
+        app.state.meshes = MeshService(app.state.cutouts, cache, metrics)
         app.state.budget = ByteBudget(int(settings.server.max_inflight_bytes),
                                       settings.server.inflight_wait_seconds, metrics)
         policy = ConnectionPolicy(
@@ -204,10 +206,12 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         *served_routes(ops.router),
         *_documentation(),
     ]
-    # Routes match in order and no two paths overlap: the voxel routes go first, so the
-    # requests that come by the thousand (cuboids) are not tried against twenty metadata paths.
-    routes.sort(key=lambda route: not isinstance(route, Route)
-                or ("/cutout/" not in route.path and "{chunk}" not in route.path))
+    # Routes match in order: the voxel routes go first, so the requests that come by the
+    # thousand (cuboids) are not tried against twenty metadata paths. The precomputed mesh
+    # paths go just before them (a chunk's {key}/{chunk} would take mesh/{name}).
+    routes.sort(key=lambda route: not isinstance(route, Route) or (
+        "/cutout/" not in route.path and "{chunk}" not in route.path
+        and "/mesh/" not in route.path))
     # outermost first: the edge's CORS headers reach every response, 401s and 503s included
     server = settings.server
     middleware = [Middleware(EdgeMiddleware, cors_origins=server.cors_origins,

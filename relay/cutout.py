@@ -42,7 +42,7 @@ from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .pyramid import factor, finer_box, reduce
 from .singleflight import SingleFlight
 
-__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key"]
+__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key", "key_prefix"]
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
@@ -89,15 +89,13 @@ class Cutout:
 _Loaded = tuple[np.ndarray, float | None, bytes | None]
 
 
-def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
-              token: str | None = None) -> str:
-    """A readable, versioned key. The upstream identity is hashed: it may hold a URL with
+def key_prefix(channel: Channel, resolution: int, token: str | None = None) -> str:
+    """Where a channel level's entries are cached: its cuboids (``cache_key``) and what is
+    made from them (meshes). The upstream identity is hashed: it may hold a URL with
     credentials, and a key must never name a path a client chose. A source that forwards each
     caller's token keeps a partition per token (hashed), so nobody receives bytes fetched with
     somebody else's credential."""
-    level = channel.info.levels[resolution]
     ref = channel.ref
-    i, size = cuboid.index, level.cuboid
     partition = f"p-{token_digest(token)}/" if channel.upstream.partitioned else ""
     pyramid = channel.pyramid
     # a derived level's cuboids depend on how, and from which stored level, they were made
@@ -105,9 +103,16 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
                if pyramid is not None and pyramid.derives(resolution) else "")
     return (
         f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/{partition}"
-        f"{ref.collection}/{ref.experiment}/"
-        f"{ref.channel}/r{resolution}{derived}/t{t}/{size.x}x{size.y}x{size.z}/{i.x}_{i.y}_{i.z}"
+        f"{ref.collection}/{ref.experiment}/{ref.channel}/r{resolution}{derived}"
     )
+
+
+def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
+              token: str | None = None) -> str:
+    """A readable, versioned key of one cuboid (see ``key_prefix``)."""
+    i, size = cuboid.index, channel.info.levels[resolution].cuboid
+    return (f"{key_prefix(channel, resolution, token)}/t{t}/{size.x}x{size.y}x{size.z}/"
+            f"{i.x}_{i.y}_{i.z}")
 
 
 def _age(packed: bytes) -> float:

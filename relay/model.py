@@ -126,6 +126,9 @@ class SourceSettings(BaseModel):
     #: the precomputed dialect's chunk encoding: "auto" is compressed_segmentation for uint64
     #: annotations (typically 10–50× smaller than raw) and raw for everything else
     precomputed_encoding: Literal["auto", "raw", "compressed_segmentation"] = "auto"
+    #: the level annotation meshes are made at (``relay.meshes``); null: the finest level
+    #: whose grid has at most 512 cuboids
+    mesh_level: int | None = Field(None, ge=0, le=20)
 
     @field_validator("collection", "experiment", "channel")
     @classmethod

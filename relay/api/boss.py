@@ -31,9 +31,17 @@ from ..errors import (
     RequestTooLarge,
 )
 from ..geometry import Box, Vec3
+from ..meshes import MeshService
 from ..metadata import BossMetadata
 from ..offload import offload
-from .common import caller_token, channel_for, check_names, show, stale_headers
+from .common import (
+    caller_token,
+    channel_for,
+    check_names,
+    segmentation_for,
+    show,
+    stale_headers,
+)
 from .responses import BodyResponse
 from .routing import Router, add_route
 
@@ -257,6 +265,24 @@ async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"
+async def get_mesh(request: Request, collection: str, experiment: str, channel: str,
+                   segment: str) -> Response:
+    """A segment's whole mesh (its fragments merged): ``?format=obj`` (the default, Wavefront
+    OBJ in nanometres) or ``precomputed`` (neuroglancer's legacy single-mesh bytes)."""
+    if not _ID.fullmatch(segment) or int(segment) == 0:
+        raise InvalidUrl(f"{show(segment)} is not a segment id (1 to 2^64 - 1)")
+    shape = request.query_params.get("format", "obj")
+    if shape not in ("obj", "precomputed"):
+        raise InvalidUrl(f"format {show(shape)}: obj or precomputed")
+    chan = await segmentation_for(request, collection, experiment, channel)
+    service: MeshService = request.app.state.meshes
+    mesh = await service.mesh(chan, int(segment), caller_token(request))
+    if shape == "obj":
+        return Response(bytes(mesh.to_obj()), media_type="model/obj")
+    return Response(bytes(mesh.to_precomputed()), media_type="application/octet-stream")
+
+
+_route("/mesh/{collection}/{experiment}/{channel}/{segment}/", get_mesh)
 _route(_CUTOUT, cutout)
 _route(_CUTOUT + "{t_range}/", cutout)
 

@@ -8,10 +8,11 @@ from starlette.requests import Request
 
 from ..catalog import Catalog, Channel
 from ..cutout import Cutout
-from ..errors import ResourceNotFound
+from ..errors import NotFound, ResourceNotFound
 from ..model import NAME_PATTERN, ChannelRef, show
 
-__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "show", "stale_headers"]
+__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "segmentation_for", "show",
+           "stale_headers"]
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -45,3 +46,13 @@ async def channel_for(request: Request, collection: str, experiment: str,
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
     return await catalog_of(request).channel(ChannelRef(collection, experiment, channel),
                                              caller_token(request))
+
+
+async def segmentation_for(request: Request, collection: str, experiment: str,
+                           channel: str) -> Channel:
+    """``channel_for``, for routes only annotation channels have (meshes)."""
+    chan = await channel_for(request, collection, experiment, channel)
+    if chan.info.type != "annotation":
+        raise NotFound(f"Channel {show(channel)} is an image: only annotation channels have "
+                       "meshes")
+    return chan

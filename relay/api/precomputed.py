@@ -30,9 +30,10 @@ from ..codecs import CSEG_BLOCK, CSEG_DTYPES, encode_compressed_segmentation
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
+from ..meshes import MeshService
 from ..offload import offload
 from .boss import check_size
-from .common import caller_token, channel_for, stale_headers
+from .common import caller_token, channel_for, segmentation_for, stale_headers
 from .responses import BodyResponse
 from .routing import Router, add_route
 
@@ -64,8 +65,10 @@ def info_json(channel: Channel) -> dict[str, Any]:
     encoding: dict[str, Any] = {"encoding": chunk_encoding(channel)}
     if encoding["encoding"] == "compressed_segmentation":
         encoding["compressed_segmentation_block_size"] = list(CSEG_BLOCK)
+    meshes = {"mesh": "mesh"} if info.type == "annotation" else {}
     return {
         "@type": "neuroglancer_multiscale_volume",
+        **meshes,
         "type": "segmentation" if info.type == "annotation" else "image",
         "data_type": info.dtype.name,
         "num_channels": 1,
@@ -134,6 +137,27 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
     return BodyResponse(body, "application/octet-stream", reservation, headers)
 
 
+async def get_mesh_info(request: Request, collection: str, experiment: str,
+                        channel: str) -> Any:
+    chan = await segmentation_for(request, collection, experiment, channel)
+    service: MeshService = request.app.state.meshes
+    if await service.stored(chan):
+        return Response(await service.file(chan, "info", caller_token(request)),
+                        media_type="application/json")
+    return {"@type": "neuroglancer_legacy_mesh"}
+
+
+async def get_mesh_file(request: Request, collection: str, experiment: str, channel: str,
+                        name: str) -> Response:
+    chan = await segmentation_for(request, collection, experiment, channel)
+    service: MeshService = request.app.state.meshes
+    body = await service.file(chan, name, caller_token(request))
+    kind = "application/json" if name.endswith(":0") else "application/octet-stream"
+    return Response(body, media_type=kind)
+
+
 _BASE = "/precomputed/{collection}/{experiment}/{channel}"
 add_route(router, _BASE + "/info", get_info)  # Starlette answers HEAD wherever GET is
+add_route(router, _BASE + "/mesh/info", get_mesh_info)
+add_route(router, _BASE + "/mesh/{name}", get_mesh_file)
 add_route(router, _BASE + "/{key}/{chunk}", get_chunk)

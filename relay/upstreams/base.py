@@ -176,6 +176,16 @@ class Upstream(ABC):
         compressing the voxels again. By default there is no frame."""
         return await self.read(ref, level, box, t, token), None
 
+    async def mesh_directory(self, ref: ChannelRef) -> str | None:
+        """The store's own mesh directory for ``ref`` (precomputed's ``mesh``), or None when
+        it has none (the relay then makes meshes itself)."""
+        return None
+
+    async def mesh_file(self, ref: ChannelRef, name: str) -> bytes | None:
+        """A file of the store's mesh directory (``name`` is checked: no slash), or None when
+        it is not there."""
+        return None
+
     #: until when the store is left alone after it could not be reached, and the error then
     _down: tuple[float, UpstreamError] | None = None
     _store_opened: Any = None

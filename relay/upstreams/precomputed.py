@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import requests
+from cloudfiles import CloudFiles
 from cloudfiles.interfaces import HttpInterface
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume.exceptions import InfoUnavailableError
@@ -169,6 +170,32 @@ class PrecomputedUpstream(Upstream):
         except Exception as exc:
             raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc
         return data.astype(info.dtype, copy=False)
+
+    async def mesh_directory(self, ref: ChannelRef) -> str | None:
+        volumes, _ = await self._open()
+        mesh = volumes[0].info.get("mesh")
+        # a string names the directory (the format's own); anything else is no mesh here
+        return mesh if isinstance(mesh, str) and mesh and ".." not in mesh else None
+
+    async def mesh_file(self, ref: ChannelRef, name: str) -> bytes | None:
+        directory = await self.mesh_directory(ref)
+        if directory is None or "/" in name or ".." in name:
+            return None
+        volumes, _ = await self._open()
+
+        def get() -> bytes | None:
+            # cloud-files undoes the gzip that mesh writers (igneous) apply to fragments
+            body = CloudFiles(volumes[0].meta.cloudpath).get(f"{directory}/{name}")
+            return None if body is None else bytes(body)
+
+        self.check_down()
+        try:
+            return await self.worker.call(get)
+        except UpstreamError as exc:
+            self.mark_down(exc)
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"{self.where}: mesh file {name} failed: {exc}") from exc
 
 
 def _boss_type(layer_type: str) -> Any:

@@ -1,0 +1,276 @@
+"""Meshes of segmentation in neuroglancer's legacy precomputed format: made by the relay with
+zmesh from the cuboids it serves, or passed through from a store that has its own.
+
+A made mesh is split into fragments, one per *mesh cell*: a cuboid of the channel's grid at the
+mesh level (``mesh_level``; by default the finest level whose grid has at most ``MESH_CELLS``
+cuboids, so a derived level of a large volume). A fragment is zmesh's marching cubes of the
+segment's mask over its cell plus one voxel on each high side (so neighbouring fragments meet
+without a gap), simplified to within half a voxel, in the channel's physical coordinates
+(nanometres, the voxel corner at ``index × resolution``, as neuroglancer places voxels).
+
+Which cells hold a segment: a *label index*, the sorted labels of each cell, made from the cell's
+voxels (read through the cache like any cutout) the first time a manifest needs it, and cached
+beside the cuboids (8 bytes a label). The first manifest of a channel therefore reads the whole
+mesh level, at most ``MESH_CELLS`` cuboids; every later one costs a cache lookup per cell. A
+fragment is made once and cached; manifests and fragments of a source with ``ttl_seconds`` are
+made afresh each time (a cached mesh could outlive the voxels it was made from).
+
+zmesh is used only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import zmesh
+
+from .cache.tiered import TieredCache
+from .catalog import Channel
+from .cutout import CutoutRequest, CutoutService, cache_key, key_prefix
+from .errors import NotFound, RequestTooLarge
+from .geometry import Box, Vec3
+from .metrics import Metrics
+from .offload import offload
+from .planner import CuboidPlan, count_cells, cuboid_box, plan
+from .singleflight import SingleFlight
+
+__all__ = ["MESH_CELLS", "MeshService", "fragment_name", "merged", "parse_name"]
+
+#: The most cells a mesh level may have: the first manifest of a channel reads them all.
+MESH_CELLS = 512
+
+_NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+_MANIFEST = re.compile(r"([0-9]{1,20}):0")
+_FRAGMENT = re.compile(r"([0-9]{1,20}):0:r([0-9]{1,2})" + r"_(-?[0-9]{1,9})" * 3)
+#: a stored mesh directory's own file names (legacy manifests and fragments, multi-resolution
+#: ``.index`` files): no slash, no dot-dot
+_STORED = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
+
+#: zmesh's simplification: a reduction of up to 10×, within half a voxel of the surface
+_REDUCTION = 10
+
+
+def fragment_name(segid: int, level: int, index: Vec3) -> str:
+    return f"{segid}:0:r{level}_{index.x}_{index.y}_{index.z}"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshName:
+    """A parsed file name under a channel's ``mesh`` directory."""
+
+    segid: int | None = None      # a manifest's or a fragment's segment
+    level: int | None = None      # a fragment's mesh level and cell
+    cell: Vec3 | None = None
+    stored: str | None = None     # any other name: a stored mesh directory's own file
+
+
+def parse_name(name: str) -> MeshName:
+    if (match := _MANIFEST.fullmatch(name)) is not None:
+        return MeshName(segid=int(match[1]))
+    if (match := _FRAGMENT.fullmatch(name)) is not None:
+        return MeshName(segid=int(match[1]), level=int(match[2]),
+                        cell=Vec3(int(match[3]), int(match[4]), int(match[5])))
+    if _STORED.fullmatch(name) and ".." not in name:
+        return MeshName(stored=name)
+    raise NotFound(f"No mesh file {name[:80]}")
+
+
+def _resolution_nm(channel: Channel, level: int) -> tuple[float, float, float]:
+    to_nm = _NANOMETERS.get(channel.info.voxel_unit, 1.0)
+    x, y, z = channel.info.levels[level].voxel_size
+    return (x * to_nm, y * to_nm, z * to_nm)
+
+
+def _fragment(labels: np.ndarray, segid: int, start: Vec3,
+              resolution: tuple[float, float, float]) -> bytes:
+    """The precomputed fragment of ``segid`` in the Z,Y,X ``labels`` whose first voxel is
+    ``start`` (zero vertices when the segment is not there)."""
+    mask = labels == np.asarray(segid, labels.dtype)
+    if not mask.any():
+        return bytes(zmesh.Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32),
+                                None).to_precomputed())
+    mesher = zmesh.Mesher(resolution)
+    # .T: the x, y, z view of the same bytes (Fortran-ordered), what zmesh indexes
+    mesher.mesh(mask.view(np.uint8).T)
+    mesh = mesher.get(1, normals=False, reduction_factor=_REDUCTION,
+                      max_error=min(resolution) / 2, voxel_centered=True)
+    mesher.clear()
+    # voxel_centered puts voxel i's centre at (i + ½)·r, so surfaces fall on voxel faces; the
+    # cell's corner moves the fragment to where the cell is
+    mesh.vertices += np.asarray(start, np.float32) * np.asarray(resolution, np.float32)
+    return bytes(mesh.to_precomputed())
+
+
+def _grown(cell: Box, bounds: Box) -> Box:
+    """A mesh cell and the one voxel past it on each high side (inside the volume)."""
+    grown = Box(cell.start, cell.stop + (1, 1, 1)).intersect(bounds)
+    assert grown is not None
+    return grown
+
+
+def merged(fragments: list[bytes], segid: int) -> zmesh.Mesh:
+    """One mesh of a segment from its fragments, shared vertices fused."""
+    meshes = [zmesh.Mesh.from_precomputed(f) for f in fragments]
+    meshes = [m for m in meshes if len(m.vertices)]
+    if not meshes:
+        return zmesh.Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32), None,
+                          id=segid)
+    mesh = zmesh.Mesh.concatenate(*meshes, id=segid).consolidate()
+    return mesh
+
+
+class MeshService:
+    """Manifests and fragments of a segmentation channel, made or passed through."""
+
+    def __init__(self, cutouts: CutoutService, cache: TieredCache | None,
+                 metrics: Metrics) -> None:
+        self.cutouts = cutouts
+        self.cache = cache
+        self.metrics = metrics
+        self.flights: SingleFlight[str, bytes] = SingleFlight()
+
+    def level(self, channel: Channel) -> int:
+        """The mesh level: the configured one, else the finest whose grid is small enough."""
+        levels = channel.info.levels
+        configured = channel.source.mesh_level
+        if configured is not None:
+            return min(configured, len(levels) - 1)
+        for r, level in enumerate(levels):
+            if count_cells(level.bounds, level.cuboid, level.origin, level.bounds) <= MESH_CELLS:
+                return r
+        return len(levels) - 1
+
+    async def stored(self, channel: Channel) -> bool:
+        """Does the store have meshes of its own (which are then served as they are)?"""
+        return await channel.upstream.mesh_directory(channel.ref) is not None
+
+    async def file(self, channel: Channel, name: str, token: str | None) -> bytes:
+        """The file ``name`` of the channel's mesh directory (not ``info``)."""
+        if await self.stored(channel):
+            return await self._stored_file(channel, name)
+        parsed = parse_name(name)
+        if parsed.segid is None or parsed.segid == 0:  # 0 is background, never a segment
+            raise NotFound(f"No mesh file {name[:80]}")
+        if parsed.cell is None:
+            return await self.manifest(channel, parsed.segid, token)
+        assert parsed.level is not None
+        return await self.fragment(channel, parsed.segid, parsed.level, parsed.cell, token)
+
+    async def _stored_file(self, channel: Channel, name: str) -> bytes:
+        if not _STORED.fullmatch(name) or ".." in name:
+            raise NotFound(f"No mesh file {name[:80]}")
+
+        async def fetch() -> bytes:
+            body = await channel.upstream.mesh_file(channel.ref, name)
+            if body is None:
+                raise NotFound(f"The store has no mesh file {name[:80]}")
+            self.metrics.inc("mesh_files_passed_total")
+            return body
+
+        return await self._cached(channel, f"{key_prefix(channel, 0)}/mesh/stored/{name}", fetch)
+
+    async def manifest(self, channel: Channel, segid: int, token: str | None) -> bytes:
+        level = self.level(channel)
+        grid = channel.info.levels[level]
+        cells = list(plan(grid.bounds, grid.cuboid, grid.origin, grid.bounds))
+        if len(cells) > MESH_CELLS:
+            raise RequestTooLarge(
+                f"Mesh level {level} of this channel has {len(cells)} cells (at most "
+                f"{MESH_CELLS}); set the source's mesh_level to a coarser level")
+        limit = asyncio.Semaphore(4)
+
+        async def holds(cell: CuboidPlan) -> bool:
+            async with limit:
+                labels = await self.labels(channel, level, cell, token)
+            i = int(np.searchsorted(labels, np.uint64(segid)))
+            return i < len(labels) and int(labels[i]) == segid
+
+        found = await asyncio.gather(*(holds(cell) for cell in cells))
+        names = [fragment_name(segid, level, cell.index)
+                 for cell, hit in zip(cells, found, strict=True) if hit]
+        if not names:
+            raise NotFound(f"Segment {segid} is not in this channel")
+        self.metrics.inc("mesh_manifests_total")
+        return json.dumps({"fragments": names}).encode()
+
+    async def labels(self, channel: Channel, level: int, cell: CuboidPlan,
+                     token: str | None) -> np.ndarray:
+        """The sorted labels of one mesh cell (the label index's entry for it)."""
+        key = f"{cache_key(channel, level, 0, cell, token)}/mesh/labels"
+
+        async def make() -> bytes:
+            # over the fragment's voxels, its one-voxel margin included: a segment that
+            # starts on the next cell's first voxel has its face in this cell's fragment
+            box = _grown(cell.box, channel.info.levels[level].bounds)
+            read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
+                                                                token=token))
+            labels = await offload(np.unique, read.voxels, nbytes=read.voxels.nbytes)
+            return np.asarray(labels, np.uint64).tobytes()
+
+        return np.frombuffer(await self._cached(channel, key, make), np.uint64)
+
+    async def fragment(self, channel: Channel, segid: int, level: int, index: Vec3,
+                       token: str | None) -> bytes:
+        if level != self.level(channel):
+            raise NotFound(f"No mesh fragments at level {level}")
+        grid = channel.info.levels[level]
+        cell = cuboid_box(index, grid.cuboid, grid.origin, grid.bounds)
+        if cell is None:
+            raise NotFound(f"No mesh cell {index.x}_{index.y}_{index.z}")
+        key = (f"{key_prefix(channel, level, token)}/mesh/{grid.cuboid.x}x{grid.cuboid.y}x"
+               f"{grid.cuboid.z}/{index.x}_{index.y}_{index.z}/{segid}")
+
+        async def make() -> bytes:
+            grown = _grown(cell, grid.bounds)
+            read = await self.cutouts.read_cutout(CutoutRequest(channel, level, grown,
+                                                                token=token))
+            # a face on the volume's own boundary has no neighbour cell to make it: one voxel
+            # of background beyond that boundary closes the surface there
+            low = Vec3(*(int(c == b) for c, b in zip(cell.start, grid.bounds.start,
+                                                     strict=True)))
+            high = Vec3(*(int(g == b) for g, b in zip(grown.stop, grid.bounds.stop,
+                                                      strict=True)))
+            voxels = np.pad(read.voxels, ((low.z, high.z), (low.y, high.y), (low.x, high.x)))
+            self.metrics.inc("mesh_fragments_made_total")
+            return await offload(_fragment, voxels, segid, grown.start - low,
+                                 _resolution_nm(channel, level), nbytes=voxels.nbytes)
+
+        return await self._cached(channel, key, make)
+
+    async def mesh(self, channel: Channel, segid: int, token: str | None) -> zmesh.Mesh:
+        """The whole mesh of a segment, its fragments merged."""
+        if await self.stored(channel):
+            manifest = json.loads(await self._stored_file(channel, f"{segid}:0"))
+            fragments = [await self._stored_file(channel, name)
+                         for name in manifest["fragments"]]
+        else:
+            manifest = json.loads(await self.manifest(channel, segid, token))
+            fragments = [await self.file(channel, name, token)
+                         for name in manifest["fragments"]]
+        return merged(fragments, segid)
+
+    async def _cached(self, channel: Channel, key: str,
+                      make: Callable[[], Awaitable[bytes]]) -> bytes:
+        """``make()``'s bytes, cached under ``key`` (single-flight; not cached for a source
+        whose data may change)."""
+        cacheable = (self.cache is not None and channel.source.cache
+                     and channel.source.ttl_seconds is None)
+
+        async def load() -> bytes:
+            if cacheable:
+                assert self.cache is not None
+                held = await self.cache.get(key)
+                if held is not None:
+                    return held
+            made = await make()
+            if cacheable:
+                assert self.cache is not None
+                await self.cache.put(key, made)
+            return made
+
+        return await self.flights.do(key, load)
