@@ -148,6 +148,101 @@ def test_image_and_segmentation_render_from_the_relay(
     assert relay.upstream_reads() == reads
 
 
+#: the demo segment drawn in 3-D (a Voronoi tube through every z; x 160:292, y 36:160 voxels)
+MESH_SEGMENT = 2654435761 * 20
+MESH_CENTRE = (231, 99, 32)
+
+
+@pytest.fixture(scope="module")
+def services_relay(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RelayProcess]:
+    """A relay serving the demo's level-0 em as a single-scale zarr (so its coarser levels
+    are derived) and the demo's segmentation, which has no meshes of its own."""
+    root = tmp_path_factory.mktemp("services")
+    config = root / "relay.yaml"
+    config.write_text(yaml.safe_dump({"cache": {"disk_dir": None}, "sources": [
+        {"collection": "single", "experiment": "scale", "channel": "em", "kind": "zarr",
+         "url": (demo_dir / "em.ome.zarr" / "0").as_uri(), "voxel_size": [4, 4, 40],
+         "cuboid": [256, 256, 16]},
+        {"collection": "demo", "experiment": "synthetic", "channel": "seg",
+         "kind": "precomputed", "url": (demo_dir / "precomputed" / "seg").as_uri()},
+    ]}))
+    with RelayProcess(["--config", str(config)], log=root / "relay.log") as relay:
+        yield relay
+
+
+def _save(pixels: np.ndarray, name: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    directory = os.environ.get("RELAY_SCREENSHOT_DIR")
+    Image.fromarray(pixels).save(Path(directory) / name if directory else tmp_path / name)
+
+
+def test_a_single_scale_zarr_zoomed_out_shows_derived_levels(
+        services_relay: RelayProcess, webdriver: Any, demo_dir: Path, tmp_path: Path) -> None:
+    """At 4 voxels per screen pixel neuroglancer draws level 2, which the store does not have:
+    every pixel is the relay's mean of the 4 × 4 stored voxels under it (rounded half up)."""
+    from .test_pyramid import reference_mean
+
+    relay = services_relay
+    viewer = webdriver.viewer
+    with viewer.txn() as s:
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                    scales=[4, 4, 40])
+        s.layers.clear()
+        s.layers.append(name="em", layer=neuroglancer.ImageLayer(
+            source=f"precomputed://{relay.url}/precomputed/single/scale/em"))
+        s.layout = "xy"
+        s.show_axis_lines = False
+        s.show_scale_bar = False
+        s.show_default_annotations = False
+        s.position = [512, 480, 32.5]
+        s.cross_section_scale = 4  # four voxels per screen pixel
+    pixels = screenshot(viewer)
+    _save(pixels, "neuroglancer-derived.png", tmp_path)
+    em = np.asarray(zarr.open_array(str(demo_dir / "em.ome.zarr" / "0"), mode="r")[32])
+    level2 = reference_mean(reference_mean(em[None], (2, 2, 1)), (2, 2, 1))[0]
+    # screen pixel (x, y) shows level-2 voxel (x - 32, y): the view's centre, x = 512, y = 480
+    # at level 0, is pixel (160, 120); the volume is 256 level-2 voxels wide
+    shown = pixels[:, 32:288, 0].astype(int)
+    assert np.array_equal(shown, level2[:240, :256].astype(int))
+    assert not np.array_equal(shown, em[2:960:4, 2:1024:4].astype(int))  # not a stored level
+    metrics = relay.metrics()
+    assert metrics["relay_derived_cuboids_total"] > 0
+
+
+def test_a_segment_mesh_renders_in_3d(services_relay: RelayProcess, webdriver: Any,
+                                      tmp_path: Path) -> None:
+    relay = services_relay
+    viewer = webdriver.viewer
+    with viewer.txn() as s:
+        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                    scales=[4, 4, 40])
+        s.layers.clear()
+        s.layers.append(name="seg", layer=neuroglancer.SegmentationLayer(
+            source=f"precomputed://{relay.url}/precomputed/demo/synthetic/seg",
+            segments=[MESH_SEGMENT], segment_colors={MESH_SEGMENT: "#ff0000"},
+            hide_segment_zero=True))
+        s.layout = "3d"
+        s.show_slices = False  # the 3-D panel draws meshes only
+        s.show_axis_lines = False
+        s.show_scale_bar = False
+        s.show_default_annotations = False
+        s.position = list(MESH_CENTRE)
+        s.projection_orientation = [0.2, 0.3, 0.0, 0.9327379]
+        s.projection_scale = 700
+    pixels = screenshot(viewer)
+    _save(pixels, "neuroglancer-mesh.png", tmp_path)
+    red = (pixels[..., 0] > 100) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    # the camera looks at the segment's centre: the mesh covers the middle of the panel
+    h, w = red.shape
+    assert red.sum() > 0.02 * red.size
+    assert red[h // 2 - 10:h // 2 + 10, w // 2 - 10:w // 2 + 10].mean() > 0.5
+    metrics = relay.metrics()
+    assert metrics["relay_mesh_manifests_total"] >= 1
+    assert metrics["relay_mesh_fragments_made_total"] >= 1
+
+
 def test_boss_source_over_https(demo_dir: Path, tmp_path: Path) -> None:
     """Neuroglancer's boss:// source (which refuses http hosts) against a relay with TLS:
     metadata from /latest, uint8 chunks as JPEG filmstrips; the browser is told to accept the
