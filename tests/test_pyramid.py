@@ -227,6 +227,24 @@ def test_every_level_equals_the_reference_through_cloud_volume(relay: RelayProce
         np.testing.assert_array_equal(got, want, err_msg=f"{name} level {res}")
 
 
+def test_derived_levels_through_a_chain(relay: RelayProcess, stores: dict[str, Any],
+                                       tmp_path: Path) -> None:
+    """A relay in front of this one (a boss source) passes its pyramid through: the same
+    levels in the metadata, the same voxels at every level."""
+    config = write_config(tmp_path / "laptop.yaml",
+                          [{"collection": "*", "kind": "boss", "url": relay.url}],
+                          tmp_path / "laptop-cache")
+    with RelayProcess(["--config", str(config)], log=tmp_path / "laptop.log") as laptop:
+        remote = BossRemote({"protocol": "http", "host": laptop.host, "token": "public"})
+        assert remote.get_experiment("pyr", "single").num_hierarchy_levels == 5
+        for name in ("em", "seg"):
+            channel = remote.get_channel(name, "pyr", "single")
+            for res, want in enumerate(stores["truth"][name]):
+                z, y, x = want.shape
+                got = remote.get_cutout(channel, res, [1, x], [0, y], [0, z])
+                np.testing.assert_array_equal(got, want[:, :, 1:], err_msg=f"{name} {res}")
+
+
 def test_derived_cuboids_read_each_stored_cuboid_once(stores: dict[str, Any],
                                                       tmp_path: Path) -> None:
     """A derived level is made through the cache: reading the coarsest level reads every
