@@ -39,7 +39,7 @@ from .offload import offload
 from .planner import CuboidPlan, count_cells, cuboid_box, plan
 from .singleflight import SingleFlight
 
-__all__ = ["MESH_CELLS", "MeshService", "fragment_name", "merged", "parse_name"]
+__all__ = ["MESH_CELLS", "MeshName", "MeshService", "fragment_name", "merged", "parse_name"]
 
 #: The most cells a mesh level may have: the first manifest of a channel reads them all.
 MESH_CELLS = 512
@@ -48,7 +48,7 @@ _NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centi
 _MANIFEST = re.compile(r"([0-9]{1,20}):0")
 _FRAGMENT = re.compile(r"([0-9]{1,20}):0:r([0-9]{1,2})" + r"_(-?[0-9]{1,9})" * 3)
 #: a stored mesh directory's own file names (legacy manifests and fragments, multi-resolution
-#: ``.index`` files): no slash, no dot-dot
+#: ``.index`` files): no slash (and no dot-dot, checked apart)
 _STORED = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
 
 #: zmesh's simplification: a reduction of up to 10×, within half a voxel of the surface
@@ -61,23 +61,22 @@ def fragment_name(segid: int, level: int, index: Vec3) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MeshName:
-    """A parsed file name under a channel's ``mesh`` directory."""
+    """A made mesh's file name: a manifest (``{id}:0``) or a fragment (``cell`` at ``level``)."""
 
-    segid: int | None = None      # a manifest's or a fragment's segment
-    level: int | None = None      # a fragment's mesh level and cell
+    segid: int
+    level: int | None = None
     cell: Vec3 | None = None
-    stored: str | None = None     # any other name: a stored mesh directory's own file
 
 
 def parse_name(name: str) -> MeshName:
-    if (match := _MANIFEST.fullmatch(name)) is not None:
-        return MeshName(segid=int(match[1]))
-    if (match := _FRAGMENT.fullmatch(name)) is not None:
-        return MeshName(segid=int(match[1]), level=int(match[2]),
-                        cell=Vec3(int(match[3]), int(match[4]), int(match[5])))
-    if _STORED.fullmatch(name) and ".." not in name:
-        return MeshName(stored=name)
-    raise NotFound(f"No mesh file {name[:80]}")
+    """``name`` parsed, or NotFound (background, 0, has no mesh; ids are 64-bit)."""
+    match = _MANIFEST.fullmatch(name) or _FRAGMENT.fullmatch(name)
+    if match is None or not 0 < int(match[1]) < 2**64:
+        raise NotFound(f"No mesh file {name[:80]}")
+    if match.re is _MANIFEST:
+        return MeshName(int(match[1]))
+    return MeshName(int(match[1]), int(match[2]),
+                    Vec3(int(match[3]), int(match[4]), int(match[5])))
 
 
 def _resolution_nm(channel: Channel, level: int) -> tuple[float, float, float]:
@@ -90,8 +89,9 @@ def _fragment(labels: np.ndarray, segid: int, start: Vec3,
               resolution: tuple[float, float, float]) -> bytes:
     """The precomputed fragment of ``segid`` in the Z,Y,X ``labels`` whose first voxel is
     ``start`` (zero vertices when the segment is not there)."""
-    mask = labels == np.asarray(segid, labels.dtype)
-    if not mask.any():
+    fits = segid <= np.iinfo(labels.dtype).max  # a uint8 annotation has no segment 300
+    mask = labels == np.asarray(segid if fits else 0, labels.dtype)
+    if not fits or not mask.any():
         return bytes(zmesh.Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32),
                                 None).to_precomputed())
     mesher = zmesh.Mesher(resolution)
@@ -154,11 +154,8 @@ class MeshService:
         if await self.stored(channel):
             return await self._stored_file(channel, name)
         parsed = parse_name(name)
-        if parsed.segid is None or parsed.segid == 0:  # 0 is background, never a segment
-            raise NotFound(f"No mesh file {name[:80]}")
-        if parsed.cell is None:
+        if parsed.cell is None or parsed.level is None:
             return await self.manifest(channel, parsed.segid, token)
-        assert parsed.level is not None
         return await self.fragment(channel, parsed.segid, parsed.level, parsed.cell, token)
 
     async def _stored_file(self, channel: Channel, name: str) -> bytes:
@@ -177,11 +174,12 @@ class MeshService:
     async def manifest(self, channel: Channel, segid: int, token: str | None) -> bytes:
         level = self.level(channel)
         grid = channel.info.levels[level]
-        cells = list(plan(grid.bounds, grid.cuboid, grid.origin, grid.bounds))
-        if len(cells) > MESH_CELLS:
+        count = count_cells(grid.bounds, grid.cuboid, grid.origin, grid.bounds)
+        if count > MESH_CELLS:
             raise RequestTooLarge(
-                f"Mesh level {level} of this channel has {len(cells)} cells (at most "
+                f"Mesh level {level} of this channel has {count} cells (at most "
                 f"{MESH_CELLS}); set the source's mesh_level to a coarser level")
+        cells = list(plan(grid.bounds, grid.cuboid, grid.origin, grid.bounds))
         limit = asyncio.Semaphore(4)
 
         async def holds(cell: CuboidPlan) -> bool:

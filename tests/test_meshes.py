@@ -174,6 +174,10 @@ def test_fragments_are_made_once_and_errors_are_clear(stores: dict[str, Any],
         assert counters["mesh_fragments_made_total"] == made
         assert counters["upstream_reads_total"] == reads
         for path, status in [("/v1/mesh/m/e/seg/0/", 400), ("/v1/mesh/m/e/seg/12/", 404),
+                             (f"/v1/mesh/m/e/seg/{2**64}/", 400),
+                             (f"/precomputed/m/e/seg/mesh/{2**64}:0", 404),
+                             ("/precomputed/m/e/seg/mesh/0:0", 404),
+                             (f"/precomputed/m/e/seg/mesh/{2**64 - 1}:0", 404),
                              ("/v1/mesh/m/e/seg/5/?format=stl", 400),
                              ("/v1/mesh/m/e/img/5/", 404),
                              ("/precomputed/m/e/img/mesh/info", 404),

@@ -269,7 +269,7 @@ async def get_mesh(request: Request, collection: str, experiment: str, channel: 
                    segment: str) -> Response:
     """A segment's whole mesh (its fragments merged): ``?format=obj`` (the default, Wavefront
     OBJ in nanometres) or ``precomputed`` (neuroglancer's legacy single-mesh bytes)."""
-    if not _ID.fullmatch(segment) or int(segment) == 0:
+    if not _ID.fullmatch(segment) or not 0 < int(segment) < 2**64:
         raise InvalidUrl(f"{show(segment)} is not a segment id (1 to 2^64 - 1)")
     shape = request.query_params.get("format", "obj")
     if shape not in ("obj", "precomputed"):
