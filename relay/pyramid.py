@@ -108,7 +108,8 @@ def reduce(data: np.ndarray, f: Vec3, method: Method, lead: Vec3 = _NO_LEAD) -> 
             for n, b, s, a in zip(data.shape, before, shape, (fz, fy, fx), strict=True)]
     partial = any(p for pair in pads for p in pair)
     # (Z, fz, Y, fy, X, fx): one factor-block per (z, y, x), its voxels on the odd axes
-    blocks = np.pad(data, pads).reshape(shape[0], fz, shape[1], fy, shape[2], fx)
+    blocks = (np.pad(data, pads) if partial else data).reshape(shape[0], fz, shape[1], fy,
+                                                                shape[2], fx)
     valid = (np.pad(np.ones(data.shape, np.bool_), pads).reshape(blocks.shape)
              if partial else None)
     if method == "mean":
