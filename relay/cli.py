@@ -1,4 +1,5 @@
-"""``relay serve [--config FILE] [--host H] [--port P] [--port-file F] [--workers N]`` and
+"""``relay serve [--config FILE] [--host H] [--port P] [--port-file F] [--workers N]``,
+``relay warm URL C/E/CH [--res R] [--box x0:x1,y0:y1,z0:z1] [--concurrency N] [--token T]`` and
 ``relay demo [--dir DIR]`` (``python -m relay`` is the same program).
 
 Without ``--config`` (or ``RELAY_CONFIG``) it serves the embedded demo, generating it first if
@@ -40,6 +41,17 @@ def _parser() -> argparse.ArgumentParser:
                        "(overrides server.workers)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+    warm = commands.add_parser(
+        "warm", help="read a region through a running relay so that it is cached "
+        "(a progress bar; run again to resume)")
+    warm.add_argument("url", help="the relay, e.g. http://127.0.0.1:8000")
+    warm.add_argument("channel", help="COLLECTION/EXPERIMENT/CHANNEL")
+    warm.add_argument("--res", type=int, default=0, help="resolution level (default 0)")
+    warm.add_argument("--box", help="x0:x1,y0:y1,z0:z1 in the resolution's voxels "
+                      "(default: the whole level)")
+    warm.add_argument("--concurrency", type=int, default=4,
+                      help="cuboids in flight at once (default 4)")
+    warm.add_argument("--token", help="BossDB token, sent as 'Authorization: Token T'")
     demo = commands.add_parser(
         "demo", help="generate the embedded demo dataset and print a config that serves it"
     )
@@ -57,6 +69,30 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"relay: demo dataset in {directory}", file=sys.stderr)
     print(yaml.safe_dump({"sources": demo_sources(directory)}, sort_keys=False), end="")
     return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .errors import RelayError
+    from .warm import parse_box, warm
+
+    if args.channel.count("/") != 2 or not all(args.channel.split("/")):
+        print(f"relay warm: {args.channel!r}: expected COLLECTION/EXPERIMENT/CHANNEL",
+              file=sys.stderr)
+        return 2
+    try:
+        box = parse_box(args.box) if args.box else None
+        return asyncio.run(warm(args.url, args.channel, args.res, box, args.concurrency,
+                                args.token))
+    except ValueError as exc:
+        print(f"relay warm: {exc}", file=sys.stderr)
+        return 2
+    except RelayError as exc:
+        print(f"relay warm: {exc.status} {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -106,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "demo":
         return _demo(args)
+    if args.command == "warm":
+        return _warm(args)
     try:
         settings = _settings(args)
     except ConfigFileError as exc:
