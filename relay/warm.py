@@ -10,8 +10,6 @@ at once, prints what was done, and exits 130; the cuboids in flight then are aba
 relay with their only client, and read by the next run). Errors do not stop the run: they are
 counted, the first few are shown, and the exit status is 1. On a terminal the progress is a bar
 (cuboids done of total, MB/s, time left); otherwise a plain line every few seconds.
-
-This module is the only user of ``rich``.
 """
 
 from __future__ import annotations
@@ -20,16 +18,13 @@ import asyncio
 import itertools
 import re
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import RelayError
 from .geometry import Box, Vec3
+from .progress import Tally, progress
 from .upstreams.http import HttpPool, HttpSettings, json_body
 
 __all__ = ["WarmPlan", "parse_box", "plan_warm", "warm"]
@@ -37,8 +32,6 @@ __all__ = ["WarmPlan", "parse_box", "plan_warm", "warm"]
 _RANGE = re.compile(r"\s*(-?[0-9]+)\s*:\s*(-?[0-9]+)\s*")
 #: errors shown as they happen; the rest are only counted
 _SHOWN_ERRORS = 5
-#: seconds between plain progress lines when not on a terminal
-_PLAIN_EVERY = 5.0
 
 
 def parse_box(text: str) -> Box:
@@ -99,29 +92,6 @@ def plan_warm(downsample: dict[str, Any], frame: dict[str, Any], res: int,
     return WarmPlan(region, cuboid)
 
 
-@dataclass
-class _Tally:
-    total: int
-    done: int = 0
-    failed: int = 0
-    nbytes: int = 0
-    started: float = field(default_factory=time.monotonic)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        """MB/s of cutout bodies received so far."""
-        return self.nbytes / 1e6 / max(time.monotonic() - self.started, 1e-9)
-
-    def line(self) -> str:
-        seconds = time.monotonic() - self.started
-        finished = self.done + self.failed
-        left = (seconds / finished * (self.total - finished)) if finished else float("nan")
-        eta = "?" if left != left else time.strftime("%H:%M:%S", time.gmtime(left))
-        return (f"{finished}/{self.total} cuboids, {self.rate:.1f} MB/s, {self.failed} "
-                f"error(s), ETA {eta}")
-
-
 async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
                concurrency: int = 4, token: str | None = None, out: TextIO = sys.stderr,
                bar: bool | None = None) -> int:
@@ -142,7 +112,7 @@ async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
         frame = json_body(await pool.get(f"{base}/v1/coord/{experiment_json['coord_frame']}/",
                                          settings, where=where, headers=headers), where)
         plan = plan_warm(downsample, frame, res, box)
-        tally = _Tally(plan.count)
+        tally = Tally(plan.count, "cuboids")
         print(f"relay warm: {plan.count} cuboids of {plan.cuboid.x}×{plan.cuboid.y}×"
               f"{plan.cuboid.z} at resolution {res} in {plan.region}", file=out)
         boxes = plan.boxes()
@@ -156,15 +126,14 @@ async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
                                            headers=wanted, max_bytes=cell.voxels * 8 + 65536)
                 except RelayError as exc:
                     tally.failed += 1
-                    tally.errors.append(f"{cell}: {exc.status} {exc.message}")
-                    if len(tally.errors) <= _SHOWN_ERRORS:
+                    if tally.failed <= _SHOWN_ERRORS:
                         print(f"relay warm: {cell}: {exc.status} {exc.message}", file=out)
                     continue
                 tally.done += 1
                 tally.nbytes += len(reply.content)
 
         try:
-            async with _Progress(tally, out, bar):
+            async with progress(tally, "warming", out, bar):
                 await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
         except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
             print(f"relay warm: interrupted after {tally.done} of {tally.total} cuboids; run "
@@ -172,49 +141,7 @@ async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
             raise
     finally:
         await pool.aclose()
-    seconds = time.monotonic() - tally.started
     print(f"relay warm: {tally.done} of {tally.total} cuboids warm "
-          f"({tally.nbytes / 1e6:.1f} MB in {seconds:.1f} s, {tally.rate:.1f} MB/s); "
+          f"({tally.nbytes / 1e6:.1f} MB in {tally.seconds:.1f} s, {tally.rate:.1f} MB/s); "
           f"{tally.failed} error(s)", file=out)
     return 1 if tally.failed else 0
-
-
-class _Progress:
-    """A rich progress bar on a terminal, plain lines elsewhere, for as long as the block."""
-
-    def __init__(self, tally: _Tally, out: TextIO, bar: bool | None) -> None:
-        self.tally = tally
-        self.out = out
-        self.bar = out.isatty() if bar is None else bar
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> _Progress:
-        self._task = asyncio.ensure_future(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)  # the bar's last refresh
-
-    async def _run(self) -> None:
-        if not self.bar:
-            while True:
-                await asyncio.sleep(_PLAIN_EVERY)
-                print(f"relay warm: {self.tally.line()}", file=self.out, flush=True)
-        tally = self.tally
-        progress = Progress(TextColumn("warming"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("cuboids"), TextColumn("{task.fields[rate]}"),
-                            TimeRemainingColumn(), console=Console(file=self.out),
-                            transient=False)
-        task = progress.add_task("warm", total=tally.total, rate="")
-        with progress:
-            try:
-                while True:
-                    progress.update(task, completed=tally.done + tally.failed,
-                                    rate=f"{tally.rate:.1f} MB/s")
-                    await asyncio.sleep(0.2)
-            except asyncio.CancelledError:
-                progress.update(task, completed=tally.done + tally.failed,
-                                rate=f"{tally.rate:.1f} MB/s")
-                raise
