@@ -42,11 +42,6 @@ def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n != "*"))
 
 
-def _claims(source: SourceSettings, names: Sequence[str]) -> bool:
-    patterns = (source.collection, source.experiment, source.channel)
-    return all(p in ("*", n) for p, n in zip(patterns, names, strict=False))
-
-
 class Catalog:
     def __init__(self, sources: Sequence[SourceSettings], registry: Registry,
                  context: UpstreamContext | None = None) -> None:
@@ -81,7 +76,7 @@ class Catalog:
     def claim(self, *names: str) -> tuple[SourceSettings, Upstream] | None:
         """The first source whose patterns match ``names`` (collection[, experiment[, channel]])."""
         for source, upstream in self._entries:
-            if _claims(source, names):
+            if source.claims(*names):
                 return source, upstream
         return None
 
@@ -99,7 +94,7 @@ class Catalog:
         first = self.claim(*names) if names else None
         out: list[str] = []
         for source, upstream in self._entries:
-            if not _claims(source, names):
+            if not source.claims(*names):
                 continue
             pattern = (source.collection, source.experiment, source.channel)[level]
             if pattern != "*":

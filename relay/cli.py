@@ -52,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("--concurrency", type=int, default=4,
                       help="cuboids in flight at once (default 4)")
     warm.add_argument("--token", help="BossDB token, sent as 'Authorization: Token T'")
+    cache = commands.add_parser(
+        "cache", help="the disk (and Redis) cache of a config: stats, verify, purge; offline "
+        "or beside a running relay")
+    cache.add_argument("action", choices=["stats", "verify", "purge"])
+    cache.add_argument("--config", type=Path, help="YAML config file (default: $RELAY_CONFIG, "
+                       "else the embedded demo's)")
+    cache.add_argument("--tier", choices=["disk", "redis", "all"], default="all")
+    cache.add_argument("--channel", help="COLLECTION/EXPERIMENT/CHANNEL, '*' in any part")
+    cache.add_argument("--res", type=int, help="one resolution level")
+    cache.add_argument("--source", type=int, help="one source, by its index in the config")
+    cache.add_argument("--orphans", action="store_true",
+                       help="only the entries no configured source claims")
+    cache.add_argument("--all", action="store_true", help="purge: every entry")
     demo = commands.add_parser(
         "demo", help="generate the embedded demo dataset and print a config that serves it"
     )
@@ -93,6 +106,67 @@ def _warm(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .cache import admin
+    from .cache.base import CacheTier
+    from .cache.disk import DiskTier
+    from .cache.redis import RedisTier
+
+    path = args.config or (Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG")
+                           else None)
+    try:
+        overrides: dict[str, Any] = {}
+        if path is None:
+            from .demo import DEMO_VERSION, default_demo_dir, demo_sources
+
+            overrides["sources"] = demo_sources(default_demo_dir() / DEMO_VERSION)
+        settings = load_settings(path, **overrides)
+    except ConfigFileError as exc:
+        print(f"relay: config error: {exc}", file=sys.stderr)
+        return 2
+    selection = admin.Selection(args.channel, args.res, args.source, args.orphans)
+    if args.action == "purge" and selection.everything and not args.all:
+        print("relay cache: purge what? give --channel, --res, --source, --orphans or --all",
+              file=sys.stderr)
+        return 2
+    if args.source is not None and not 0 <= args.source < len(settings.sources):
+        print(f"relay cache: --source {args.source}: the config has sources 0 to "
+              f"{len(settings.sources) - 1}", file=sys.stderr)
+        return 2
+    cache = settings.cache
+    tiers: list[CacheTier] = []
+    if args.tier in ("disk", "all") and cache.disk_dir is not None:
+        if not cache.disk_dir.is_dir():
+            print(f"relay cache: no disk cache at {cache.disk_dir}", file=sys.stderr)
+            return 1
+        tiers.append(DiskTier(cache.disk_dir, int(cache.disk_bytes)))
+    if args.tier in ("redis", "all") and cache.redis_url is not None:
+        tiers.append(RedisTier(cache.redis_url, cache.redis_prefix, cache.redis_ttl_seconds,
+                               timeout_seconds=max(5.0, cache.redis_timeout_seconds)))
+    if not tiers:
+        print(f"relay cache: the config has no {'' if args.tier == 'all' else args.tier + ' '}"
+              "cache tier to look at (cache.disk_dir, cache.redis_url)", file=sys.stderr)
+        return 1
+    action = {"stats": admin.stats, "verify": admin.verify, "purge": admin.purge}[args.action]
+
+    async def run() -> int:
+        try:
+            return await action(tiers, settings.sources, selection)
+        finally:
+            for tier in tiers:
+                await tier.aclose()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # Redis down, a disk gone
+        print(f"relay cache: {exc}", file=sys.stderr)
+        return 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -144,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "warm":
         return _warm(args)
+    if args.command == "cache":
+        return _cache(args)
     try:
         settings = _settings(args)
     except ConfigFileError as exc:

@@ -148,6 +148,11 @@ class SourceSettings(BaseModel):
             _source_check(data["kind"], options)
         return data
 
+    def claims(self, *names: str) -> bool:
+        """Do this source's patterns match ``names`` (collection[, experiment[, channel]])?"""
+        patterns = (self.collection, self.experiment, self.channel)
+        return all(p in ("*", n) for p, n in zip(patterns, names, strict=False))
+
     @property
     def options(self) -> dict[str, Any]:
         """The entry's kind options, as written (the kind's ``Options`` model checks them)."""

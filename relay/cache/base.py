@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
-__all__ = ["CacheTier", "Leasing"]
+__all__ = ["CacheTier", "Checked", "Inventoried", "Leasing"]
+
+#: what checking one entry found: whole, damaged (and removed), or gone meanwhile
+Checked = Literal["whole", "damaged", "gone"]
 
 
 class CacheTier(ABC):
@@ -45,4 +49,18 @@ class Leasing(Protocol):
         """Enter before reading ``key`` upstream: yields the value when another process stored
         it (before or meanwhile), else None, and the caller reads and puts it. A put of the
         key, or leaving the block with an exception, ends the lease."""
+        ...
+
+
+@runtime_checkable
+class Inventoried(Protocol):
+    """A tier that outlives a relay (disk, Redis): its entries can be listed, checked and
+    removed from outside one (``relay cache``), while relays use it."""
+
+    def entries(self) -> AsyncIterator[tuple[str, int]]:
+        """Every key with the bytes it takes, in no particular order."""
+        ...
+
+    async def check(self, key: str) -> Checked:
+        """Read ``key`` and check its checksum; a damaged entry is removed."""
         ...

@@ -30,12 +30,13 @@ import io
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
-from .base import CacheTier
+from .base import CacheTier, Checked
 from .checksum import seal, unseal
 
 __all__ = ["DiskTier"]
@@ -113,6 +114,28 @@ class DiskTier(CacheTier):
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._cache.delete, key, retry=True)
+
+    async def entries(self) -> AsyncIterator[tuple[str, int]]:
+        # diskcache's own table (stable since 4.0): a value file's size, or the length of a
+        # value kept in the row itself (under 32 KiB)
+        rows = await asyncio.to_thread(lambda: list(self._cache._sql(
+            "SELECT key, CASE WHEN size > 0 THEN size ELSE length(value) END FROM Cache")))
+        for key, size in rows:
+            if isinstance(key, str):
+                yield key, int(size or 0)
+
+    async def check(self, key: str) -> Checked:
+        def read() -> Checked:
+            framed = self._cache.get(key, default=None, retry=True)
+            if framed is None:
+                return "gone"
+            if unseal(framed) is None:
+                self._corrupt += 1
+                self._cache.delete(key, retry=True)
+                return "damaged"
+            return "whole"
+
+        return await asyncio.to_thread(read)
 
     def stats(self) -> dict[str, int]:
         return {

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -46,7 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from ..offload import offload
-from .base import CacheTier
+from .base import CacheTier, Checked
 from .checksum import seal, unseal
 
 __all__ = ["RETRY_AFTER", "RedisTier", "parse_redis_url"]
@@ -248,6 +249,43 @@ class RedisTier(CacheTier):
     async def delete(self, key: str) -> None:
         with suppress(_Skipped):
             await self._call(lambda: self.client.delete(self._keys(key)[0]))
+
+    async def entries(self) -> AsyncIterator[tuple[str, int]]:
+        # every value key under the prefix (leases are skipped), with its length; glob
+        # characters in the prefix are escaped so they match themselves
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "{*}"
+        batch: list[bytes] = []
+
+        async def sized(names: list[bytes]) -> list[tuple[str, int]]:
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.strlen(name)
+            lengths = await pipe.execute()
+            head = len(self.prefix) + 1
+            return [(name.decode()[head:-1], int(n)) for name, n in zip(names, lengths,
+                                                                        strict=True)]
+
+        async for name in self.client.scan_iter(match=pattern, count=1000):
+            if not name.endswith(b"}"):
+                continue  # a lease ("…}:lease")
+            batch.append(name)
+            if len(batch) >= 1000:
+                for entry in await sized(batch):
+                    yield entry
+                batch = []
+        for entry in await sized(batch) if batch else []:
+            yield entry
+
+    async def check(self, key: str) -> Checked:
+        value_key, _ = self._keys(key)
+        framed = await self.client.get(value_key)
+        if framed is None:
+            return "gone"
+        if await offload(unseal, framed, nbytes=len(framed)) is None:
+            self.counters["corrupt"] += 1
+            await self.client.delete(value_key)
+            return "damaged"
+        return "whole"
 
     @asynccontextmanager
     async def lease(self, key: str) -> AsyncIterator[bytes | None]:
