@@ -191,6 +191,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
             max_connections=settings.server.max_connections or default_max_connections(),
             metrics=metrics)
         app.state.connection_policy = policy
+        metrics.live(lambda: ops.live_values(app.state))
         try:
             yield {POLICY_KEY: policy}  # uvicorn hands the lifespan state to each connection
         finally:

@@ -324,9 +324,19 @@ def _serve(settings: Settings, log_level: str, port_file: Path | None = None) ->
             # Worker processes import the app by name; they get the settings validated here,
             # not a second reading of the file and environment.
             os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            # their counters and histograms go to files in one fresh directory, which any
+            # worker's /metrics sums (relay.metrics); set before they start, so they inherit it
+            import shutil
+            import tempfile
+
+            metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             config = uvicorn.Config("relay.app:from_environment", factory=True,
                                     workers=server_settings.workers, **options)
-            Multiprocess(config, sockets=[sock]).run()
+            try:
+                Multiprocess(config, sockets=[sock]).run()
+            finally:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
             return 0
         server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
         server.run(sockets=[sock])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,7 +36,7 @@ from .codecs import (
 from .config import SourceSettings
 from .errors import RequestTooLarge, UpstreamError
 from .geometry import Box, Vec3
-from .metrics import Metrics
+from .metrics import OUTCOMES, Metrics, Outcome
 from .model import token_digest
 from .offload import offload
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
@@ -77,6 +78,8 @@ class Cutout:
     #: served in place of an upstream read that failed (stale-if-error)
     stale_age: float | None = None
     frame: memoryview | None = None
+    #: where its data came from: the slowest place any of its cuboids came from
+    outcome: Outcome = "memory"
 
     @property
     def voxels(self) -> np.ndarray:
@@ -84,9 +87,19 @@ class Cutout:
         return self.data
 
 
-#: What one cuboid's flight yields: its voxels, their age if they are stale, and the packed
-#: value they were read from or stored as (None when held decoded, or stale).
-_Loaded = tuple[np.ndarray, float | None, bytes | None]
+#: What one cuboid's flight yields: its voxels, their age if they are stale, the packed
+#: value they were read from or stored as (None when held decoded, or stale), and where they
+#: came from.
+_Loaded = tuple[np.ndarray, float | None, bytes | None, Outcome]
+
+#: a cache tier's name → the outcome a hit there is
+_TIER_OUTCOME: dict[str | None, Outcome] = {"memory": "memory", "disk": "disk",
+                                            "redis": "shared"}
+
+
+def slowest(outcomes: Iterable[Outcome]) -> Outcome:
+    """The outcome of a request made of cuboids with ``outcomes``."""
+    return max(outcomes, key=OUTCOMES.index, default="memory")
 
 
 def key_prefix(channel: Channel, resolution: int, token: str | None = None) -> str:
@@ -113,6 +126,11 @@ def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
     i, size = cuboid.index, channel.info.levels[resolution].cuboid
     return (f"{key_prefix(channel, resolution, token)}/t{t}/{size.x}x{size.y}x{size.z}/"
             f"{i.x}_{i.y}_{i.z}")
+
+
+def _source_label(source: SourceSettings) -> str:
+    """A source as a metrics label: its entry's name patterns (few values, never a URL)."""
+    return f"{source.collection}/{source.experiment}/{source.channel}"
 
 
 def _age(packed: bytes) -> float:
@@ -152,12 +170,14 @@ class CutoutService:
         """What the handler sends, in one call: with ``frame_ok`` (the answer is a Blosc1
         frame of the voxels, unfiltered) and a request of exactly one cuboid, that cuboid's
         stored frame, warm or just read; otherwise the voxels."""
-        if frame_ok and (frame := await self._stored_frame(request)) is not None:
-            return Cutout(None, frame=frame)
+        if frame_ok and (found := await self._stored_frame(request)) is not None:
+            frame, where = found
+            return Cutout(None, frame=frame, outcome=where)
         return await self.read_cutout(request, frame_ok)
 
-    async def _stored_frame(self, request: CutoutRequest) -> memoryview | None:
-        """The cached Blosc frame of the one cuboid a request is exactly, or None.
+    async def _stored_frame(self, request: CutoutRequest) -> tuple[memoryview, Outcome] | None:
+        """The cached Blosc frame of the one cuboid a request is exactly (and the tier it was
+        in), or None.
 
         The fast path for warm aligned reads (what intern's and neuroglancer's cuboid-sized
         requests are): no decode, no assembly, no re-encode. Anything else — a miss, a box that
@@ -171,13 +191,14 @@ class CutoutService:
         if cuboid is None:
             return None
         key = cache_key(channel, request.resolution, 0, cuboid, request.token)
-        packed = await self.cache.get(key)
+        packed, tier = await self.cache.find(key)
         if packed is None or not _fresh(channel.source, packed_fetched_at(packed)):
             return None
         frame = packed_blosc_frame(packed, request.box.shape_zyx, channel.info.dtype)
-        if frame is not None:
-            self.metrics.inc("stored_frame_hits_total")
-        return frame
+        if frame is None:
+            return None
+        self.metrics.inc("stored_frame_hits_total")
+        return frame, _TIER_OUTCOME.get(tier, "memory")
 
     async def read(self, request: CutoutRequest) -> np.ndarray:
         return (await self.read_cutout(request)).voxels
@@ -202,21 +223,23 @@ class CutoutService:
             # exactly one whole cuboid (what intern and neuroglancer mostly ask for): the
             # cuboid's own read-only array is the answer; no zeroed output, no copy
             _, t, cuboid, key = jobs[0]
-            data, stale_age, packed = await self.cuboid(request, key, t, cuboid.box)
+            data, stale_age, packed, where = await self.cuboid(request, key, t, cuboid.box)
             frame = None
             if frame_ok and stale_age is None and packed is not None:
                 # just read (or found on disk): the frame it was stored as is the answer
                 frame = packed_blosc_frame(packed, request.box.shape_zyx, info.dtype)
                 if frame is not None:
                     self.metrics.inc("stored_frame_hits_total")
-            return Cutout(data, stale_age, frame)
+            return Cutout(data, stale_age, frame, where)
         out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
         limit = asyncio.Semaphore(self._max_parallel)
         stale_ages: list[float] = []
+        outcomes: set[Outcome] = {"memory"}
 
         async def fill(ti: int, t: int, cuboid: CuboidPlan, key: str) -> None:
             async with limit:
-                data, stale_age, _ = await self.cuboid(request, key, t, cuboid.box)
+                data, stale_age, _, where = await self.cuboid(request, key, t, cuboid.box)
+            outcomes.add(where)
             out[ti][cuboid.dst] = data[cuboid.src]
             if stale_age is not None:
                 stale_ages.append(stale_age)
@@ -239,13 +262,13 @@ class CutoutService:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return Cutout(out if request.times is not None else out[0],
-                      max(stale_ages) if stale_ages else None)
+                      max(stale_ages) if stale_ages else None, outcome=slowest(outcomes))
 
     async def cuboid(self, request: CutoutRequest, key: str, t: int, box: Box) -> _Loaded:
         """The voxels of the cuboid ``box`` cached under ``key``: held, cached or fetched."""
         # the decoded copy is looked up without awaiting, so before the flight is safe
         if (held := self._held(key, request)) is not None:
-            return held, None, None
+            return held, None, None, "memory"
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
@@ -272,18 +295,18 @@ class CutoutService:
         # a refresh looks only when a stale copy could stand in for a failed read
         if use_cache and (not request.refresh or stale_window is not None):
             assert self.cache is not None
-            packed = await self.cache.get(key)
+            packed, tier = await self.cache.find(key)
         fetched_at = packed_fetched_at(packed) if packed is not None else None
         if packed is not None and not request.refresh and _fresh(source, fetched_at):
             data = await self._unpack(packed, channel, box)
             if data is not None:
                 self.decoded.put(key, (data, fetched_at or 0.0))
-                return data, None, packed
+                return data, None, packed, _TIER_OUTCOME.get(tier, "memory")
             assert self.cache is not None
             await self.cache.delete(key)
             packed = None
         try:
-            data, fetched_at, stored = await self._fetch(key, request, t, box, use_cache)
+            data, fetched_at, stored, where = await self._fetch(key, request, t, box, use_cache)
         except UpstreamError:
             if packed is None or stale_window is None:
                 raise
@@ -296,18 +319,19 @@ class CutoutService:
             if data is None:
                 raise
             self.metrics.inc("stale_served_total")
-            return data, age, None
+            return data, age, None, "stale"
         if use_cache:
             self.decoded.put(key, (data, fetched_at))
-        return data, None, stored
+        return data, None, stored, where
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
-    ) -> tuple[np.ndarray, float, bytes | None]:
-        """The upstream's voxels for ``box``, checked, cached, when they were read, and the
-        packed value stored (None when not cached). With a shared tier, the read holds its
-        lease: another relay reading the same cuboid waits for this one's value, or this one
-        for the other's, which is then the answer (when it is fresh enough for the request)."""
+    ) -> tuple[np.ndarray, float, bytes | None, Outcome]:
+        """The upstream's voxels for ``box``, checked, cached, when they were read, the
+        packed value stored (None when not cached), and where they came from. With a shared
+        tier, the read holds its lease: another relay reading the same cuboid waits for this
+        one's value, or this one for the other's, which is then the answer (when it is fresh
+        enough for the request)."""
         if not use_cache or request.refresh:
             return await self._read_upstream(key, request, t, box, use_cache)
         assert self.cache is not None
@@ -317,24 +341,30 @@ class CutoutService:
                 data = await self._unpack(supplied, request.channel, box)
                 if data is not None:
                     self.metrics.inc("fleet_supplied_total")
-                    return data, fetched_at or 0.0, supplied
+                    return data, fetched_at or 0.0, supplied, "shared"
             return await self._read_upstream(key, request, t, box, use_cache)
 
     async def _read_upstream(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
-    ) -> tuple[np.ndarray, float, bytes | None]:
+    ) -> tuple[np.ndarray, float, bytes | None, Outcome]:
         channel = request.channel
         frame: bytes | None = None
+        where: Outcome = "upstream"
         if channel.pyramid is not None and channel.pyramid.derives(request.resolution):
             data: np.ndarray | None = await self._derive(request, t, box)
+            where = "derived"
         else:
             self.metrics.inc("upstream_reads_total")
+            started = time.perf_counter()
             try:
                 data, frame = await channel.upstream.read_encoded(
                     channel.ref, request.resolution, box, t, request.token)
             except UpstreamError:
                 self.metrics.inc("upstream_errors_total")
                 raise
+            finally:
+                self.metrics.observe_upstream(_source_label(channel.source),
+                                              time.perf_counter() - started)
         dtype = channel.info.dtype
         if data is None:
             data, frame = np.zeros(box.shape_zyx, dtype=dtype), None
@@ -355,7 +385,7 @@ class CutoutService:
             else:
                 packed = await offload(pack_cuboid, data, fetched_at, nbytes=data.nbytes)
             await self.cache.put(key, packed)
-        return data, fetched_at, packed
+        return data, fetched_at, packed, where
 
     async def _derive(self, request: CutoutRequest, t: int, box: Box) -> np.ndarray:
         """A derived level's cuboid ``box``, made from the finer level's voxels (read through

@@ -96,10 +96,12 @@ def test_what_one_relay_read_another_serves_with_no_upstream_read(
         check(b, (64, 128), (64, 128), (8, 16))  # a part of it, one whole cuboid
         assert chunk_reads(store) == read  # not one more chunk read at the store
         assert b.metrics()["relay_cache_redis_hits_total"] > 0
-        gauges = httpx.get(f"{b.url}/stats", timeout=10).json()["gauges"]
-        assert gauges["cache_redis_hits_total"] > 0 and gauges["cache_redis_errors"] == 0
-        assert {"cache_redis_lease_waits", "cache_redis_lease_takeovers",
-                "cache_redis_down"} <= set(gauges)
+        stats = httpx.get(f"{b.url}/stats", timeout=10).json()
+        counters, gauges = stats["counters"], stats["gauges"]
+        assert counters["cache_redis_hits_total"] > 0 and counters["cache_redis_errors_total"] == 0
+        assert {"cache_redis_lease_waits_total", "cache_redis_lease_takeovers_total"} <= set(
+            counters)
+        assert gauges["cache_redis_down"] == 0
 
 
 def test_concurrent_cold_readers_read_each_chunk_once(
@@ -164,7 +166,7 @@ def test_garbage_over_every_value_serves_nothing_wrong(
             redis_server.cli("set", key, "garbage, not a cuboid")
         check(b, (0, 256), (0, 256), (0, 32))
         check(b, (17, 99), (3, 250), (5, 27))
-        assert b.metrics()["relay_cache_redis_corrupt"] > 0
+        assert b.metrics()["relay_cache_redis_corrupt_total"] > 0
         assert max(chunk_reads(store).values()) == 2  # read again by B, never served wrong
         redis_server.cli("flushall")
 
@@ -194,14 +196,14 @@ def test_a_leader_killed_mid_fetch_keeps_nobody_beyond_its_lease(tmp_path: Path,
             assert len(leases) == 1  # A holds the lease on the cuboid it reads
             waiter = pool.submit(check, b, (0, 64), (0, 64), (0, 8))
             # B is waiting on A's lease
-            wait_for(lambda: b.metrics().get("relay_cache_redis_lease_waits", 0) > 0, 30,
+            wait_for(lambda: b.metrics().get("relay_cache_redis_lease_waits_total", 0) > 0, 30,
                      "B waiting on A's lease")
             assert a.process is not None
             a.process.kill()  # -9, mid-fetch, holding the lease
             killed = time.monotonic()
             waiter.result(timeout=30)  # B's voxels are right
             assert time.monotonic() - killed <= LEASE + 1.0 + 2.0
-            assert b.metrics()["relay_cache_redis_lease_takeovers"] == 1
+            assert b.metrics()["relay_cache_redis_lease_takeovers_total"] == 1
             with pytest.raises(httpx.TransportError):
                 leader.result()
     redis_server.cli("flushall")

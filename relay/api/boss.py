@@ -38,9 +38,9 @@ from .common import (
     caller_token,
     channel_for,
     check_names,
+    cutout_headers,
     segmentation_for,
     show,
-    stale_headers,
 )
 from .responses import BodyResponse
 from .routing import Router, add_route
@@ -257,11 +257,12 @@ async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
     # a plain Blosc answer of exactly one cuboid is that cuboid's stored frame, sent as it is
     result = await service.answer(cutout, frame_ok=media is MediaType.BLOSC and ids is None)
     if result.frame is not None:
-        return result.frame, {}
+        return result.frame, cutout_headers(request, result)
     data = result.voxels
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(chan.info.dtype, copy=False)
-    return await offload(encode, data, media, nbytes=data.nbytes), stale_headers(result)
+    body = await offload(encode, data, media, nbytes=data.nbytes)
+    return body, cutout_headers(request, result)
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"

@@ -11,8 +11,15 @@ from ..cutout import Cutout
 from ..errors import NotFound, ResourceNotFound
 from ..model import NAME_PATTERN, ChannelRef, show
 
-__all__ = ["caller_token", "catalog_of", "channel_for", "check_names", "segmentation_for", "show",
-           "stale_headers"]
+__all__ = [
+    "caller_token",
+    "catalog_of",
+    "channel_for",
+    "check_names",
+    "cutout_headers",
+    "segmentation_for",
+    "show",
+]
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -27,8 +34,11 @@ def caller_token(request: Request) -> str | None:
     return request.headers.get("authorization")
 
 
-def stale_headers(cutout: Cutout) -> dict[str, str]:
-    """RFC 9111 marks for a response built partly from cuboids served stale-if-error."""
+def cutout_headers(request: Request, cutout: Cutout) -> dict[str, str]:
+    """What a data response says of where its voxels came from: the outcome, for the access
+    metrics and the ``X-Cache`` header (``relay.api.middleware``), and RFC 9111's marks for a
+    response built partly from cuboids served stale-if-error."""
+    request.state.outcome = cutout.outcome
     if cutout.stale_age is None:
         return {}
     return {"Warning": '110 relay "Response is Stale"', "Age": str(int(cutout.stale_age))}

@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 from collections.abc import Iterable, Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -36,7 +37,7 @@ from ..errors import (
     Unauthorized,
 )
 from ..hops import Hops, incoming_via
-from ..metrics import Metrics
+from ..metrics import Metrics, Outcome, route_family
 
 __all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
 
@@ -235,11 +236,18 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
+#: ``X-Cache`` by outcome: a hit in a tier of this relay or its fleet, a miss (read upstream,
+#: or a derived cuboid made now), or stale-if-error
+_X_CACHE = {"memory": "HIT", "disk": "HIT", "shared": "HIT", "derived": "MISS",
+            "upstream": "MISS", "stale": "STALE"}
+
+
 class CountingMiddleware:
     """Counts requests that reach the routes (``relay_requests_total``: how a chain proves that
-    a warm front relay sends nothing down it) and bounds how many are in progress: past
-    ``limit`` a request gets 503 BossDB JSON at once, not a place in an unbounded queue. Health
-    and metrics polls are neither counted nor limited."""
+    a warm front relay sends nothing down it) and times them (``relay_request_seconds`` by route
+    and outcome; ``Server-Timing`` and, on data, ``X-Cache`` on the response), and bounds how
+    many are in progress: past ``limit`` a request gets 503 BossDB JSON at once, not a place in
+    an unbounded queue. Health and metrics polls are neither counted nor limited."""
 
     UNCOUNTED = frozenset({"/metrics", "/healthz", "/stats"})
 
@@ -267,9 +275,30 @@ class CountingMiddleware:
             await response(scope, receive, send)
             return
         self.in_progress += 1
+        started = time.perf_counter()
+        status = 500  # what a request that ends without a response counts as
+
+        async def timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                # the handler has said where the data came from (``cutout_headers``)
+                outcome = scope.get("state", {}).get("outcome")
+                headers = MutableHeaders(scope=message)
+                timing = f"app;dur={(time.perf_counter() - started) * 1e3:.1f}"
+                if outcome is not None and status < 400:
+                    headers.append("X-Cache", _X_CACHE[outcome])
+                    timing += f', cache;desc="{outcome}"'
+                headers.append("Server-Timing", timing)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, timed)
         finally:
             self.in_progress -= 1
             if self.overloaded and self.in_progress < self.limit // 2:
                 self.overloaded = False
+            outcome: Outcome = ("error" if status >= 400
+                                else scope.get("state", {}).get("outcome") or "none")
+            self.metrics.observe_request(route_family(scope["path"]), outcome,
+                                         time.perf_counter() - started)

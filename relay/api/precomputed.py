@@ -33,7 +33,7 @@ from ..geometry import Box, Vec3
 from ..meshes import MeshService
 from ..offload import offload
 from .boss import check_size
-from .common import caller_token, channel_for, segmentation_for, stale_headers
+from .common import caller_token, channel_for, cutout_headers, segmentation_for
 from .responses import BodyResponse
 from .routing import Router, add_route
 
@@ -120,7 +120,7 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         service: CutoutService = request.app.state.cutouts
         result = await service.read_cutout(CutoutRequest(chan, level, box,
                                                          token=caller_token(request)))
-        headers.update(stale_headers(result))
+        headers.update(cutout_headers(request, result))
         # C-order (z, y, x) bytes are precomputed's x-fastest raw layout: sent as they are
         body: bytes | memoryview = np.ascontiguousarray(result.voxels).data.cast("B")
         if segmented:

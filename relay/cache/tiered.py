@@ -62,17 +62,22 @@ class TieredCache(CacheTier):
         self.counters["in_transit_hits"] = 0
 
     async def get(self, key: str) -> bytes | None:
+        return (await self.find(key))[0]
+
+    async def find(self, key: str) -> tuple[bytes | None, str | None]:
+        """``get``, and the name of the tier that held the value (None on a miss; "memory"
+        for a value still on its way down, which is held in memory)."""
         for depth, tier in enumerate(self.tiers):
             value = await self._guard(tier, "get", functools.partial(tier.get, key))
             if value is not None:
                 await self._hit(depth, key, value)
-                return value
+                return value, tier.name
         value = self._in_transit.get(key)
         if value is not None:
             self.counters["in_transit_hits"] += 1
-            return value
+            return value, "memory"
         self.counters["misses"] += 1
-        return None
+        return None, None
 
     @asynccontextmanager
     async def lease(self, key: str) -> AsyncIterator[bytes | None]:

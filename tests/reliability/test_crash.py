@@ -89,7 +89,7 @@ async def test_kill_9_mid_write_never_serves_a_wrong_byte(noise: NoiseStore,
         relay.start()
         try:
             wrong += await _read_all(relay, noise)
-            corrupt_served_as_miss += int(relay.metrics()["relay_cache_disk_corrupt"])
+            corrupt_served_as_miss += int(relay.metrics()["relay_cache_disk_corrupt_total"])
             await _refresh_until_killed(relay, noise, fifo)
         finally:
             if relay.process is not None and relay.process.poll() is None:
@@ -98,7 +98,7 @@ async def test_kill_9_mid_write_never_serves_a_wrong_byte(noise: NoiseStore,
         assert relay.process is not None and relay.process.returncode == -signal.SIGKILL
     with RelayProcess(["--config", str(config)]) as relay:
         wrong += await _read_all(relay, noise)
-        corrupt_served_as_miss += int(relay.metrics()["relay_cache_disk_corrupt"])
+        corrupt_served_as_miss += int(relay.metrics()["relay_cache_disk_corrupt_total"])
     good, removed = check_offline(cache_dir, noise)
     print(f"kill points {len(points)}: {points}; wrong voxels served {wrong}; damaged entries "
           f"dropped on read {corrupt_served_as_miss}; entries left: {good} good, {removed} "

@@ -103,7 +103,7 @@ async def test_eviction_while_responses_stream_never_shortens_a_body(tmp_path: P
 
             assert sum(await asyncio.gather(*(reader(x, y) for x, y in boxes))) == 60
         metrics = relay.metrics()
-    assert metrics["relay_cache_memory_evictions"] > 0  # evictions did happen meanwhile
+    assert metrics["relay_cache_memory_evictions_total"] > 0  # evictions did happen meanwhile
 
 
 def test_a_thousand_aborted_requests_leak_no_tasks_or_descriptors(
@@ -170,6 +170,6 @@ def test_damaged_disk_entries_are_never_served_after_a_restart(
     with RelayProcess(["--config", str(config)]) as relay:
         read(relay)
         assert relay.upstream_reads() == 8
-        assert relay.metrics()["relay_cache_disk_corrupt"] == 8
+        assert relay.metrics()["relay_cache_disk_corrupt_total"] == 8
         read(relay)
         assert relay.upstream_reads() == 8  # re-cached whole: the third pass reads nothing
