@@ -36,6 +36,7 @@ from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
+from .logs import configure as configure_logs
 from .meshes import MeshService
 from .metadata import BossMetadata
 from .metrics import Metrics
@@ -49,6 +50,8 @@ __all__ = ["SETTINGS_ENV", "build_cache", "build_memo", "check_required", "creat
 
 #: Where ``relay serve --workers N`` hands its validated settings to each worker process.
 SETTINGS_ENV = "RELAY_SERVE_SETTINGS_JSON"
+#: the log level a worker process logs at (the parent's --log-level)
+LOG_LEVEL_ENV = "RELAY_SERVE_LOG_LEVEL"
 
 log = logging.getLogger("relay")
 
@@ -138,8 +141,11 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 
 def from_environment() -> Starlette:
-    """The app of one ``--workers`` process, from the settings its parent validated."""
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    """The app of one ``--workers`` process, from the settings its parent validated (and its
+    logging as the parent's: a spawned process starts with none)."""
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure_logs(os.environ.get(LOG_LEVEL_ENV, "info"), settings.server.log_format)
+    return create_app(settings)
 
 
 def _documentation() -> list[BaseRoute]:

@@ -210,10 +210,9 @@ def _check_cache_dir(settings: Settings) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import configure
+
+    configure(getattr(args, "log_level", "info"))
     if args.command == "demo":
         return _demo(args)
     if args.command == "warm":
@@ -228,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     from .app import check_required, startup_warnings
+
+    configure(args.log_level, settings.server.log_format)
 
     for warning in startup_warnings(settings):
         log.warning("%s", warning)
@@ -288,7 +289,7 @@ def _serve(settings: Settings, log_level: str, port_file: Path | None = None) ->
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from .app import SETTINGS_ENV, create_app
+    from .app import LOG_LEVEL_ENV, SETTINGS_ENV, create_app
     from .protocol import BoundedHttpToolsProtocol
 
     server_settings = settings.server
@@ -309,7 +310,8 @@ def _serve(settings: Settings, log_level: str, port_file: Path | None = None) ->
         host=server_settings.host,
         port=port,
         log_level=log_level,
-        access_log=log_level == "debug",
+        log_config=None,  # uvicorn's records go to the relay's handler (relay.logs)
+        access_log=False,  # the relay writes its own access line, with the request id
         ssl_certfile=str(server_settings.tls_cert.expanduser()) if server_settings.tls_cert
         else None,
         ssl_keyfile=str(server_settings.tls_key.expanduser()) if server_settings.tls_key
@@ -324,6 +326,7 @@ def _serve(settings: Settings, log_level: str, port_file: Path | None = None) ->
             # Worker processes import the app by name; they get the settings validated here,
             # not a second reading of the file and environment.
             os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            os.environ[LOG_LEVEL_ENV] = log_level
             # their counters and histograms go to files in one fresh directory, which any
             # worker's /metrics sums (relay.metrics); set before they start, so they inherit it
             import shutil

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -87,6 +87,9 @@ class ServerSettings(_Model):
     #: worker processes; they share the disk tier (each has its own memory tier, and requests
     #: for the same cuboid coalesce within a process, not across processes)
     workers: int = Field(1, ge=1, le=64)
+    #: "text": one readable line per record; "json": one JSON object per line (relay.logs).
+    #: Every request leaves an access line (at info) with its request id.
+    log_format: Literal["text", "json"] = "text"
     #: how this relay names itself in the ``Via`` header of its upstream requests (loop
     #: detection); null: a random id chosen at start, shared by its worker processes
     relay_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")

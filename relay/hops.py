@@ -12,20 +12,50 @@ and keeps it in ``incoming_via`` while the request is handled; the HTTP seam
 (``upstreams.http``) sends ``Hops.upstream_via()`` with every upstream request. Work shared
 between requests (one upstream read several requests wait for) carries the ``Via`` of the
 request that started it.
+
+A request is also followed by its id: ``X-Request-Id`` as it arrived (when it is a plain token
+of at most 128 characters) or a new one, kept in ``request_id`` while the request is handled,
+sent upstream with every request it causes, echoed on the response and written in the access
+log; a W3C ``traceparent`` that arrived is forwarded as it is. One request can so be found in
+the log of every relay of a chain.
 """
 
 from __future__ import annotations
 
 import contextvars
+import re
 import secrets
 
 from .errors import LoopDetected
 
-__all__ = ["Hops", "incoming_via", "new_relay_id"]
+__all__ = ["Hops", "accepted_id", "accepted_traceparent", "incoming_via", "new_relay_id",
+           "request_id", "traceparent"]
 
 #: The ``Via`` a request being handled arrived with (None: none, or outside a request).
 incoming_via: contextvars.ContextVar[str | None] = contextvars.ContextVar("incoming_via",
                                                                           default=None)
+
+
+#: The id of the request being handled, and the ``traceparent`` it arrived with.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
+                                                                        default=None)
+traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent",
+                                                                         default=None)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def accepted_id(given: str | None) -> str:
+    """The request's id: the one it came with if that is a plain token, else a new one (a
+    header a client chose goes into logs and upstream requests: nothing else is passed on)."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return secrets.token_hex(8)
+
+
+def accepted_traceparent(given: str | None) -> str | None:
+    return given if given is not None and _TRACEPARENT.fullmatch(given) else None
 
 
 def new_relay_id() -> str:
@@ -62,3 +92,13 @@ class Hops:
         """The ``Via`` for an upstream request made on behalf of the current request."""
         via = incoming_via.get()
         return f"{via}, {self.entry}" if via else self.entry
+
+    def upstream_headers(self) -> dict[str, str]:
+        """What an upstream request made on behalf of the current one carries of it: ``Via``,
+        its ``X-Request-Id`` and its ``traceparent``."""
+        headers = {"Via": self.upstream_via()}
+        if (rid := request_id.get()) is not None:
+            headers["X-Request-Id"] = rid
+        if (parent := traceparent.get()) is not None:
+            headers["traceparent"] = parent
+        return headers

@@ -36,7 +36,15 @@ from ..errors import (
     RelayError,
     Unauthorized,
 )
-from ..hops import Hops, incoming_via
+from ..hops import (
+    Hops,
+    accepted_id,
+    accepted_traceparent,
+    incoming_via,
+    request_id,
+    traceparent,
+)
+from ..logs import ACCESS
 from ..metrics import Metrics, Outcome, route_family
 
 __all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
@@ -242,6 +250,22 @@ _X_CACHE = {"memory": "HIT", "disk": "HIT", "shared": "HIT", "derived": "MISS",
             "upstream": "MISS", "stale": "STALE"}
 
 
+def _access(scope: Scope, status: int, nbytes: int, seconds: float, outcome: str,
+            rid: str) -> None:
+    """The request's access line (``relay.logs``)."""
+    query = scope.get("query_string", b"")
+    path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    client = scope.get("client")
+    fields = {"method": scope["method"], "path": path[:512], "status": status, "bytes": nbytes,
+              "ms": round(seconds * 1e3, 2), "outcome": outcome, "request_id": rid,
+              "client": client[0] if client else None}
+    if (parent := traceparent.get()) is not None:
+        fields["traceparent"] = parent
+    ACCESS.info('%s "%s %s" %d %d %.1fms %s id=%s', fields["client"], fields["method"],
+                fields["path"], status, nbytes, fields["ms"], outcome, rid,
+                extra={"fields": fields})
+
+
 class CountingMiddleware:
     """Counts requests that reach the routes (``relay_requests_total``: how a chain proves that
     a warm front relay sends nothing down it) and times them (``relay_request_seconds`` by route
@@ -277,10 +301,17 @@ class CountingMiddleware:
         self.in_progress += 1
         started = time.perf_counter()
         status = 500  # what a request that ends without a response counts as
+        nbytes = 0
+        headers_in = Headers(scope=scope)
+        rid = accepted_id(headers_in.get("x-request-id"))
+        ids = (request_id.set(rid),
+               traceparent.set(accepted_traceparent(headers_in.get("traceparent"))))
 
         async def timed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, nbytes
+            if message["type"] == "http.response.body":
+                nbytes += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 # the handler has said where the data came from (``cutout_headers``)
                 outcome = scope.get("state", {}).get("outcome")
@@ -290,6 +321,7 @@ class CountingMiddleware:
                     headers.append("X-Cache", _X_CACHE[outcome])
                     timing += f', cache;desc="{outcome}"'
                 headers.append("Server-Timing", timing)
+                headers.append("X-Request-Id", rid)
             await send(message)
 
         try:
@@ -300,5 +332,9 @@ class CountingMiddleware:
                 self.overloaded = False
             outcome: Outcome = ("error" if status >= 400
                                 else scope.get("state", {}).get("outcome") or "none")
-            self.metrics.observe_request(route_family(scope["path"]), outcome,
-                                         time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(route_family(scope["path"]), outcome, seconds)
+            if ACCESS.isEnabledFor(logging.INFO):
+                _access(scope, status, nbytes, seconds, outcome, rid)
+            for var, token in zip((request_id, traceparent), ids, strict=True):
+                var.reset(token)

@@ -269,8 +269,8 @@ class HttpPool:
         if target.user is not None and headers and any(
                 name.lower() == "authorization" for name in headers):
             target = target.with_user(None)  # a token given explicitly wins over URL credentials
-        if self.hops is not None:  # loop detection down a chain (relay.hops)
-            headers = {**(headers or {}), "Via": self.hops.upstream_via()}
+        if self.hops is not None:  # loop detection and request ids down a chain (relay.hops)
+            headers = {**(headers or {}), **self.hops.upstream_headers()}
         host = (target.scheme, target.raw_authority)
         if (down := self._down.get(host)) is not None:
             if time.monotonic() < down[0]:
