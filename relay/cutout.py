@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,6 +81,8 @@ class Cutout:
     frame: memoryview | None = None
     #: where its data came from: the slowest place any of its cuboids came from
     outcome: Outcome = "memory"
+    #: when each of its cuboids was read upstream, in plan order: what it is a version of
+    fetched: tuple[float, ...] = ()
 
     @property
     def voxels(self) -> np.ndarray:
@@ -90,7 +93,12 @@ class Cutout:
 #: What one cuboid's flight yields: its voxels, their age if they are stale, the packed
 #: value they were read from or stored as (None when held decoded, or stale), and where they
 #: came from.
-_Loaded = tuple[np.ndarray, float | None, bytes | None, Outcome]
+class _Loaded(NamedTuple):
+    data: np.ndarray
+    stale_age: float | None
+    packed: bytes | None
+    outcome: Outcome
+    fetched_at: float  # when it was read upstream (its version, for validators)
 
 #: a cache tier's name → the outcome a hit there is
 _TIER_OUTCOME: dict[str | None, Outcome] = {"memory": "memory", "disk": "disk",
@@ -171,13 +179,14 @@ class CutoutService:
         frame of the voxels, unfiltered) and a request of exactly one cuboid, that cuboid's
         stored frame, warm or just read; otherwise the voxels."""
         if frame_ok and (found := await self._stored_frame(request)) is not None:
-            frame, where = found
-            return Cutout(None, frame=frame, outcome=where)
+            frame, where, fetched_at = found
+            return Cutout(None, frame=frame, outcome=where, fetched=(fetched_at,))
         return await self.read_cutout(request, frame_ok)
 
-    async def _stored_frame(self, request: CutoutRequest) -> tuple[memoryview, Outcome] | None:
-        """The cached Blosc frame of the one cuboid a request is exactly (and the tier it was
-        in), or None.
+    async def _stored_frame(self, request: CutoutRequest
+                            ) -> tuple[memoryview, Outcome, float] | None:
+        """The cached Blosc frame of the one cuboid a request is exactly (the tier it was in,
+        when it was read upstream), or None.
 
         The fast path for warm aligned reads (what intern's and neuroglancer's cuboid-sized
         requests are): no decode, no assembly, no re-encode. Anything else — a miss, a box that
@@ -192,13 +201,14 @@ class CutoutService:
             return None
         key = cache_key(channel, request.resolution, 0, cuboid, request.token)
         packed, tier = await self.cache.find(key)
-        if packed is None or not _fresh(channel.source, packed_fetched_at(packed)):
+        if packed is None or not _fresh(channel.source,
+                                        fetched_at := packed_fetched_at(packed)):
             return None
         frame = packed_blosc_frame(packed, request.box.shape_zyx, channel.info.dtype)
         if frame is None:
             return None
         self.metrics.inc("stored_frame_hits_total")
-        return frame, _TIER_OUTCOME.get(tier, "memory")
+        return frame, _TIER_OUTCOME.get(tier, "memory"), fetched_at or 0.0
 
     async def read(self, request: CutoutRequest) -> np.ndarray:
         return (await self.read_cutout(request)).voxels
@@ -223,35 +233,39 @@ class CutoutService:
             # exactly one whole cuboid (what intern and neuroglancer mostly ask for): the
             # cuboid's own read-only array is the answer; no zeroed output, no copy
             _, t, cuboid, key = jobs[0]
-            data, stale_age, packed, where = await self.cuboid(request, key, t, cuboid.box)
+            data, stale_age, packed, where, fetched_at = await self.cuboid(request, key, t,
+                                                                           cuboid.box)
             frame = None
             if frame_ok and stale_age is None and packed is not None:
                 # just read (or found on disk): the frame it was stored as is the answer
                 frame = packed_blosc_frame(packed, request.box.shape_zyx, info.dtype)
                 if frame is not None:
                     self.metrics.inc("stored_frame_hits_total")
-            return Cutout(data, stale_age, frame, where)
+            return Cutout(data, stale_age, frame, where, (fetched_at,))
         out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
         limit = asyncio.Semaphore(self._max_parallel)
         stale_ages: list[float] = []
         outcomes: set[Outcome] = {"memory"}
+        fetched = [0.0] * len(jobs)
 
-        async def fill(ti: int, t: int, cuboid: CuboidPlan, key: str) -> None:
+        async def fill(i: int, ti: int, t: int, cuboid: CuboidPlan, key: str) -> None:
             async with limit:
-                data, stale_age, _, where = await self.cuboid(request, key, t, cuboid.box)
-            outcomes.add(where)
-            out[ti][cuboid.dst] = data[cuboid.src]
-            if stale_age is not None:
-                stale_ages.append(stale_age)
+                loaded = await self.cuboid(request, key, t, cuboid.box)
+            outcomes.add(loaded.outcome)
+            fetched[i] = loaded.fetched_at
+            out[ti][cuboid.dst] = loaded.data[cuboid.src]
+            if loaded.stale_age is not None:
+                stale_ages.append(loaded.stale_age)
 
         # Cuboids held decoded are copied at once: a task each would cost more than the copy
         # for the small cutouts neuroglancer and scripts send by the thousand.
         missing = []
-        for ti, t, cuboid, key in jobs:
+        for i, (ti, t, cuboid, key) in enumerate(jobs):
             if (held := self._held(key, request)) is None:
-                missing.append((ti, t, cuboid, key))
+                missing.append((i, ti, t, cuboid, key))
             else:
-                out[ti][cuboid.dst] = held[cuboid.src]
+                out[ti][cuboid.dst] = held[0][cuboid.src]
+                fetched[i] = held[1]
         # Not a TaskGroup: it would wrap a RelayError in an ExceptionGroup and lose its status.
         tasks = [asyncio.ensure_future(fill(*job)) for job in missing]
         try:
@@ -262,29 +276,30 @@ class CutoutService:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return Cutout(out if request.times is not None else out[0],
-                      max(stale_ages) if stale_ages else None, outcome=slowest(outcomes))
+                      max(stale_ages) if stale_ages else None, outcome=slowest(outcomes),
+                      fetched=tuple(fetched))
 
     async def cuboid(self, request: CutoutRequest, key: str, t: int, box: Box) -> _Loaded:
         """The voxels of the cuboid ``box`` cached under ``key``: held, cached or fetched."""
         # the decoded copy is looked up without awaiting, so before the flight is safe
         if (held := self._held(key, request)) is not None:
-            return held, None, None, "memory"
+            return _Loaded(held[0], None, None, "memory", held[1])
         # The cache lookup runs inside the flight, not before it: a lookup in a slow tier
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
         flight = key + "#refresh" if request.refresh else key
         return await self.flights.do(flight, lambda: self._load(key, request, t, box))
 
-    def _held(self, key: str, request: CutoutRequest) -> np.ndarray | None:
-        """The cuboid under ``key`` if it is held decoded and fresh enough for ``request``."""
+    def _held(self, key: str, request: CutoutRequest) -> tuple[np.ndarray, float] | None:
+        """The cuboid under ``key`` and when it was read, if it is held decoded and fresh
+        enough for ``request``."""
         source = request.channel.source
         if request.refresh or not source.cache or (hit := self.decoded.get(key)) is None:
             return None
-        data, fetched_at = hit
-        if not _fresh(source, fetched_at):
+        if not _fresh(source, hit[1]):
             return None
         self.metrics.inc("decoded_hits_total")
-        return data
+        return hit
 
     async def _load(self, key: str, request: CutoutRequest, t: int, box: Box) -> _Loaded:
         channel = request.channel
@@ -301,7 +316,8 @@ class CutoutService:
             data = await self._unpack(packed, channel, box)
             if data is not None:
                 self.decoded.put(key, (data, fetched_at or 0.0))
-                return data, None, packed, _TIER_OUTCOME.get(tier, "memory")
+                return _Loaded(data, None, packed, _TIER_OUTCOME.get(tier, "memory"),
+                               fetched_at or 0.0)
             assert self.cache is not None
             await self.cache.delete(key)
             packed = None
@@ -319,10 +335,10 @@ class CutoutService:
             if data is None:
                 raise
             self.metrics.inc("stale_served_total")
-            return data, age, None, "stale"
+            return _Loaded(data, age, None, "stale", wall_clock() - age)
         if use_cache:
             self.decoded.put(key, (data, fetched_at))
-        return data, None, stored, where
+        return _Loaded(data, None, stored, where, fetched_at)
 
     async def _fetch(
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool

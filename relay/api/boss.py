@@ -44,6 +44,7 @@ from .common import (
 )
 from .responses import BodyResponse
 from .routing import Router, add_route
+from .validators import data_headers, not_modified
 
 __all__ = ["check_size", "cutout_nbytes", "router"]
 
@@ -241,6 +242,9 @@ async def cutout(
     reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
         body, headers = await _cutout_body(request, chan, res, box, times, media, ids)
+        if body is None:  # the caller has this version
+            reservation.release()
+            return Response(status_code=304, headers=headers)
         reservation.shrink(len(body))
     except BaseException:
         reservation.release()
@@ -250,19 +254,24 @@ async def cutout(
 
 async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
                        times: range | None, media: MediaType, ids: np.ndarray | None
-                       ) -> tuple[bytes | memoryview, dict[str, str]]:
+                       ) -> tuple[bytes | memoryview | None, dict[str, str]]:
+    """The body and headers of a cutout; no body when the request's ``If-None-Match`` names
+    this version (nothing is encoded then)."""
     service: CutoutService = request.app.state.cutouts
     cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
                            token=caller_token(request))
     # a plain Blosc answer of exactly one cuboid is that cuboid's stored frame, sent as it is
     result = await service.answer(cutout, frame_ok=media is MediaType.BLOSC and ids is None)
+    headers = {**cutout_headers(request, result),
+               **data_headers(request, chan, result, media.value, vary=("Accept",))}
+    if not_modified(request, headers) is not None:
+        return None, headers
     if result.frame is not None:
-        return result.frame, cutout_headers(request, result)
+        return result.frame, headers
     data = result.voxels
     if ids is not None:
         data = np.where(np.isin(data, ids), data, 0).astype(chan.info.dtype, copy=False)
-    body = await offload(encode, data, media, nbytes=data.nbytes)
-    return body, cutout_headers(request, result)
+    return await offload(encode, data, media, nbytes=data.nbytes), headers
 
 
 _CUTOUT = "/cutout/{collection}/{experiment}/{channel}/{resolution}/{x_range}/{y_range}/{z_range}/"

@@ -36,6 +36,7 @@ from .boss import check_size
 from .common import caller_token, channel_for, cutout_headers, segmentation_for
 from .responses import BodyResponse
 from .routing import Router, add_route
+from .validators import data_headers, not_modified
 
 __all__ = ["chunk_encoding", "info_json", "router"]
 
@@ -121,6 +122,12 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         result = await service.read_cutout(CutoutRequest(chan, level, box,
                                                          token=caller_token(request)))
         headers.update(cutout_headers(request, result))
+        headers.update(data_headers(request, chan, result,
+                                    f"{chunk_encoding(chan)}+{'gzip' if gzipped else 'identity'}",
+                                    vary=("Accept-Encoding",)))
+        if (unchanged := not_modified(request, headers)) is not None:
+            reservation.release()
+            return unchanged
         # C-order (z, y, x) bytes are precomputed's x-fastest raw layout: sent as they are
         body: bytes | memoryview = np.ascontiguousarray(result.voxels).data.cast("B")
         if segmented:
@@ -128,7 +135,6 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         if gzipped:
             body = await offload(gzip.compress, body, 1, nbytes=nbytes)
             headers["Content-Encoding"] = "gzip"
-            headers["Vary"] = "Accept-Encoding"
         if segmented or gzipped:
             reservation.shrink(len(body))  # what is held from here on: the body alone
     except BaseException:
