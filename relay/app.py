@@ -28,6 +28,7 @@ from . import __version__
 from .api import boss, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.routing import served_routes
+from .api.viewer import viewer_routes
 from .budget import ByteBudget
 from .cache import CacheTier, DiskTier, MemoryTier, RedisTier, TieredCache
 from .cache.memo import MEMO_BYTES, MetadataMemo
@@ -212,6 +213,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         *served_routes(precomputed.router),
         *served_routes(ops.router),
         *_documentation(),
+        *viewer_routes(),
     ]
     # Routes match in order: the voxel routes go first, so the requests that come by the
     # thousand (cuboids) are not tried against twenty metadata paths. The precomputed mesh

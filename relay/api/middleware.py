@@ -16,6 +16,7 @@ preflight, TRACE refused, and the ``Via`` of a chain checked (``relay.hops``).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -23,6 +24,8 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
@@ -47,7 +50,7 @@ from ..hops import (
 from ..logs import ACCESS
 from ..metrics import Metrics, Outcome, route_family
 
-__all__ = ["AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
+__all__ = ["TOKEN_COOKIE", "AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
 
 log = logging.getLogger("relay")
 
@@ -214,10 +217,19 @@ class EdgeMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
+#: the cookie a browser carries a relay token in (``/?token=t`` sets it: ``api.viewer``)
+TOKEN_COOKIE = "relay_token"
+
+
 class AuthMiddleware:
     """With ``server.tokens`` set, every route but ``/healthz`` needs ``Authorization: Token
     <t>`` or ``Bearer <t>`` with a listed ``t``; otherwise 401 BossDB JSON. Preflights never
-    carry credentials, so ``OPTIONS`` is answered by ``EdgeMiddleware`` before this runs."""
+    carry credentials, so ``OPTIONS`` is answered by ``EdgeMiddleware`` before this runs.
+
+    A browser cannot add that header to what it fetches: it opens the index page as
+    ``/?token=t`` once, which sets the ``relay_token`` cookie (``api.viewer``), and a GET or
+    HEAD that carries the cookie is let through too (the relay has no route a cross-site page
+    could abuse with a GET; the cookie is same-site only)."""
 
     OPEN_PATHS = frozenset({"/healthz"})
 
@@ -225,17 +237,30 @@ class AuthMiddleware:
         self.app = app
         self.tokens = [t.encode() for t in tokens]
 
-    def _allowed(self, headers: Headers) -> bool:
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-        if scheme.lower() not in ("token", "bearer"):
-            return False
-        given = token.strip().encode()
+    def _listed(self, given: str) -> bool:
         # compare against every token, in constant time each: no early exit to time
-        return any([hmac.compare_digest(given, t) for t in self.tokens])
+        return any([hmac.compare_digest(given.encode(), t) for t in self.tokens])
+
+    def _allowed(self, scope: Scope) -> bool:
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() in ("token", "bearer"):
+            return self._listed(token.strip())
+        if scope["method"] not in ("GET", "HEAD"):
+            return False
+        if scope["path"] == "/":
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            if "token" in query:
+                return self._listed(query["token"])
+        cookie = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookie.load(headers.get("cookie", ""))
+        morsel = cookie.get(TOKEN_COOKIE)
+        return morsel is not None and self._listed(morsel.value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["path"] in self.OPEN_PATHS
-                or self._allowed(Headers(scope=scope))):
+                or self._allowed(scope)):
             await self.app(scope, receive, send)
             return
         error = Unauthorized()
@@ -273,7 +298,7 @@ class CountingMiddleware:
     many are in progress: past ``limit`` a request gets 503 BossDB JSON at once, not a place in
     an unbounded queue. Health and metrics polls are neither counted nor limited."""
 
-    UNCOUNTED = frozenset({"/metrics", "/healthz", "/stats"})
+    UNCOUNTED = frozenset({"/metrics", "/healthz", "/stats", "/viewer/events/relay"})
 
     def __init__(self, app: ASGIApp, metrics: Metrics, limit: int) -> None:
         self.app = app
