@@ -156,8 +156,17 @@ def test_the_image_serves_its_demo_to_intern_as_its_user(image: str, tmp_path: P
         # no package only the tests need (pytest comes with compressed-segmentation)
         installed = {line.split()[0].lower() for line in
                      relay.exec("pip", "list", "--format=freeze").replace("==", " ").splitlines()}
-        assert not installed & {"intern", "tensorstore", "neuroglancer", "selenium",
-                                "schemathesis", "hypothesis", "matplotlib", "mypy", "ruff"}
+        assert not installed & {"intern", "tensorstore", "selenium", "schemathesis",
+                                "hypothesis", "matplotlib", "mypy", "ruff"}
+        # the index page and the viewer in the box: neuroglancer's client from the image
+        index = httpx.get(relay.url + "/", timeout=30)
+        assert index.status_code == 200 and "demo / synthetic" in index.text
+        assert "/viewer/v/relay/#!" in index.text
+        viewer = httpx.get(relay.url + "/viewer/v/relay/", timeout=30)
+        assert viewer.status_code == 200 and "<title>neuroglancer</title>" in viewer.text
+        script = viewer.text.split('src="main.', 1)[1].split('"', 1)[0]
+        main = httpx.get(f"{relay.url}/viewer/v/relay/main.{script}", timeout=30)
+        assert main.status_code == 200 and len(main.content) > 500_000
 
 
 def test_the_compose_chain_answers_through_the_laptop_relay(image: str,
