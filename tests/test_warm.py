@@ -16,6 +16,8 @@ import pytest
 import zarr
 from intern.remote.boss import BossRemote
 
+from relay.demo import demo_sources
+
 from .servers import RelayProcess, wait_for, write_config
 
 SHAPE_ZYX = (40, 200, 300)
@@ -28,9 +30,10 @@ def _volume() -> np.ndarray:
 
 
 class Pair:
-    """A store relay (over a local zarr) and a laptop relay reading from it (a boss source)."""
+    """A store relay (over the demo and a local zarr) and a laptop relay reading from it (a
+    boss source)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, demo_dir: Path) -> None:
         path = root / "em.zarr"
         array = zarr.create_array(str(path), shape=SHAPE_ZYX, chunks=(16, 64, 64),
                                   dtype=np.uint8, fill_value=0)
@@ -44,7 +47,8 @@ class Pair:
         em = {"collection": "w", "experiment": "e", "channel": "em", "kind": "zarr",
               "url": path.as_uri(), "voxel_size": [4, 4, 40], "cuboid": CUBOID}
         store_cfg = write_config(root / "store.yaml", [
-            em, {**em, "channel": "fine", "url": fine.as_uri(), "cuboid": [16, 16, 8]}],
+            *demo_sources(demo_dir), em,
+            {**em, "channel": "fine", "url": fine.as_uri(), "cuboid": [16, 16, 8]}],
             root / "store-cache")
         self.store = RelayProcess(["--config", str(store_cfg)], log=root / "store.log").start()
         laptop_cfg = write_config(root / "laptop.yaml", [
@@ -59,8 +63,8 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    pair = Pair(tmp_path)
+def pair(tmp_path: Path, demo_dir: Path) -> Iterator[Pair]:
+    pair = Pair(tmp_path, demo_dir)
     yield pair
     pair.stop()
 
@@ -77,10 +81,12 @@ def _counts(output: str) -> list[int]:
     return [int(done) for done, _ in re.findall(r"(\d+)/(\d+)\S*\s+cuboids", output)]
 
 
-def test_the_bar_advances_and_a_second_run_reads_nothing_upstream(pair: Pair) -> None:
-    box = "10:290,0:200,5:40"  # 5 × 4 × 3 cuboids of 64 × 64 × 16, partial at the edges
-    cuboids = 5 * 4 * 3
-    first = _in_a_terminal(pair.laptop.url, "w/e/em", "--box", box, "--concurrency", "1")
+def test_the_bar_advances_and_a_second_run_reads_nothing_upstream(pair: Pair,
+                                                                 demo_dir: Path) -> None:
+    box = "100:1000,0:1024,5:40"  # of the demo: 2 × 2 × 3 cuboids of 512 × 512 × 16
+    cuboids = 2 * 2 * 3
+    first = _in_a_terminal(pair.laptop.url, "demo/synthetic/em", "--box", box,
+                           "--concurrency", "1")
     assert first.returncode == 0, first.stdout
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", first.stdout)
     counts = _counts(plain)
@@ -90,7 +96,7 @@ def test_the_bar_advances_and_a_second_run_reads_nothing_upstream(pair: Pair) ->
     assert pair.store.upstream_reads() == cuboids  # each cuboid read from the store once
     laptop_reads = pair.laptop.upstream_reads()
 
-    again = subprocess.run([*RELAY, pair.laptop.url, "w/e/em", "--box", box],
+    again = subprocess.run([*RELAY, pair.laptop.url, "demo/synthetic/em", "--box", box],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "\x1b[" not in again.stderr  # not a terminal: plain lines, no bar
@@ -104,9 +110,10 @@ def test_the_bar_advances_and_a_second_run_reads_nothing_upstream(pair: Pair) ->
                           capture_output=True, timeout=300).returncode == 0
     pair.store.stop()  # the store goes away: the warmed box is still served
     remote = BossRemote({"protocol": "http", "host": pair.laptop.host, "token": "public"})
-    channel = remote.get_channel("em", "w", "e")
-    got = remote.get_cutout(channel, 0, [10, 290], [0, 200], [5, 40])
-    np.testing.assert_array_equal(got, _volume()[5:40, 0:200, 10:290])
+    channel = remote.get_channel("em", "demo", "synthetic")
+    got = remote.get_cutout(channel, 0, [100, 1000], [0, 1024], [5, 40])
+    truth = zarr.open_array(str(demo_dir / "em.ome.zarr" / "0"), mode="r")
+    np.testing.assert_array_equal(got, np.asarray(truth[5:40, 0:1024, 100:1000]))
     # a region never warmed fails, and warm says so: exit status 1, errors counted
     cold = subprocess.run([*RELAY, pair.laptop.url, "w/e/fine", "--box", "0:16,0:16,24:32"],
                           capture_output=True, text=True, timeout=300)
