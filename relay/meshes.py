@@ -150,7 +150,8 @@ class MeshService:
         return await channel.upstream.mesh_directory(channel.ref) is not None
 
     async def file(self, channel: Channel, name: str, token: str | None) -> bytes:
-        """The file ``name`` of the channel's mesh directory (not ``info``)."""
+        """The file ``name`` of the channel's mesh directory: a store's own file as it is
+        (``info`` included), or a manifest or fragment the relay makes."""
         if await self.stored(channel):
             return await self._stored_file(channel, name)
         parsed = parse_name(name)
