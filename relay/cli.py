@@ -116,8 +116,7 @@ def _cache(args: argparse.Namespace) -> int:
     from .cache.disk import DiskTier
     from .cache.redis import RedisTier
 
-    path = args.config or (Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG")
-                           else None)
+    path = _config_path(args)
     try:
         overrides: dict[str, Any] = {}
         if path is None:
@@ -169,9 +168,15 @@ def _cache(args: argparse.Namespace) -> int:
         return 1
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """``--config``, else ``$RELAY_CONFIG``, else None (the embedded demo)."""
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG") else None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config or (Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG")
-                           else None)
+    path = _config_path(args)
     overrides: dict[str, Any] = {}
     if path is None:
         from .demo import demo_sources, ensure_demo

@@ -48,6 +48,15 @@ def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | No
     return path
 
 
+def relay_over(root: Path, sources: list[dict[str, Any]], name: str = "relay",
+               **server: Any) -> RelayProcess:
+    """A relay (not started) over ``sources``, its config, disk cache and log under ``root``
+    named ``name``."""
+    config = write_config(root / f"{name}.yaml", sources, root / f"{name}-cache",
+                          server=server or None)
+    return RelayProcess(["--config", str(config)], log=root / f"{name}.log")
+
+
 class _Exited(RuntimeError):
     """The process being waited for is gone: no point waiting on."""
 

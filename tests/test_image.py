@@ -16,7 +16,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import pytest
 import yaml
 import zarr
 from intern.remote.boss import BossRemote
+
+from .servers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -91,20 +92,25 @@ class Container:
     def __enter__(self) -> Container:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY
-        while time.monotonic() < deadline:
+        def serving() -> bool:
+            assert self.process is not None
             assert self.process.poll() is None, self.log.read_text()[-3000:]
             found = re.search(r"serving \d+ source\(s\) on http://127\.0\.0\.1:(\d+)",
                               self.log.read_text())
-            if found:
-                self.port = int(found[1])
-                try:
-                    if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.1)  # polling the log and a readiness probe, bounded
-        raise AssertionError(f"the container did not serve: {self.log.read_text()[-3000:]}")
+            if not found:
+                return False
+            self.port = int(found[1])
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        try:
+            wait_for(serving, READY, "the container to serve")
+        except RuntimeError:
+            raise AssertionError(
+                f"the container did not serve: {self.log.read_text()[-3000:]}") from None
+        return self
 
     def exec(self, *command: str) -> str:
         """Another process in the same container (as the image's user)."""

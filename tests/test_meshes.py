@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 
 from .conftest import make_settings
-from .servers import RelayProcess, write_config
+from .servers import RelayProcess, relay_over
 
 SHAPE_ZYX = (21, 70, 90)  # 3 × 3 × 3 cells of 32 × 32 × 8, the last ones partial
 VOXEL = (4.0, 4.0, 40.0)
@@ -93,9 +93,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def relay(stores: dict[str, Any]) -> Iterator[RelayProcess]:
-    root: Path = stores["root"]
-    config = write_config(root / "relay.yaml", stores["sources"], root / "cache")
-    with RelayProcess(["--config", str(config)], log=root / "relay.log") as process:
+    with relay_over(stores["root"], stores["sources"]) as process:
         yield process
 
 

@@ -78,23 +78,29 @@ def screenshot(viewer: Any) -> np.ndarray:
     raise AssertionError("neuroglancer did not take the requested screenshot size")
 
 
+
+def _bare(s: Any, layout: str) -> None:
+    """The demo's coordinate space, cleared of layers, with nothing drawn but the data."""
+    s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                scales=[4, 4, 40])
+    s.layers.clear()
+    s.layout = layout
+    s.show_axis_lines = False
+    s.show_scale_bar = False
+    s.show_default_annotations = False
+
+
 def _show(viewer: Any, relay: RelayProcess, segments: list[int]) -> None:
     base = f"precomputed://{relay.url}/precomputed/demo/synthetic"
     colors = ["#ff0000", "#00ff00", "#0000ff", "#ffff00"]
     with viewer.txn() as s:
-        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
-                                                    scales=[4, 4, 40])
-        s.layers.clear()
+        _bare(s, "xy")
         s.layers.append(name="em", layer=neuroglancer.ImageLayer(source=f"{base}/em"))
         if segments:
             s.layers.append(name="seg", layer=neuroglancer.SegmentationLayer(
                 source=f"{base}/seg", segments=segments,
                 segment_colors={sid: colors[i % 4] for i, sid in enumerate(segments)},
                 selected_alpha=1.0, hide_segment_zero=True))
-        s.layout = "xy"
-        s.show_axis_lines = False
-        s.show_scale_bar = False
-        s.show_default_annotations = False
         s.position = [CENTER[0], CENTER[1], CENTER[2] + 0.5]
         s.cross_section_scale = 1  # one voxel per screen pixel
 
@@ -187,15 +193,9 @@ def test_a_single_scale_zarr_zoomed_out_shows_derived_levels(
     relay = services_relay
     viewer = webdriver.viewer
     with viewer.txn() as s:
-        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
-                                                    scales=[4, 4, 40])
-        s.layers.clear()
+        _bare(s, "xy")
         s.layers.append(name="em", layer=neuroglancer.ImageLayer(
             source=f"precomputed://{relay.url}/precomputed/single/scale/em"))
-        s.layout = "xy"
-        s.show_axis_lines = False
-        s.show_scale_bar = False
-        s.show_default_annotations = False
         s.position = [512, 480, 32.5]
         s.cross_section_scale = 4  # four voxels per screen pixel
     pixels = screenshot(viewer)
@@ -216,18 +216,12 @@ def test_a_segment_mesh_renders_in_3d(services_relay: RelayProcess, webdriver: A
     relay = services_relay
     viewer = webdriver.viewer
     with viewer.txn() as s:
-        s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
-                                                    scales=[4, 4, 40])
-        s.layers.clear()
+        _bare(s, "3d")
         s.layers.append(name="seg", layer=neuroglancer.SegmentationLayer(
             source=f"precomputed://{relay.url}/precomputed/demo/synthetic/seg",
             segments=[MESH_SEGMENT], segment_colors={MESH_SEGMENT: "#ff0000"},
             hide_segment_zero=True))
-        s.layout = "3d"
         s.show_slices = False  # the 3-D panel draws meshes only
-        s.show_axis_lines = False
-        s.show_scale_bar = False
-        s.show_default_annotations = False
         s.position = list(MESH_CENTRE)
         s.projection_orientation = [0.2, 0.3, 0.0, 0.9327379]
         s.projection_scale = 700
@@ -266,14 +260,9 @@ def test_boss_source_over_https(demo_dir: Path, tmp_path: Path) -> None:
     ) as driver:
         viewer = driver.viewer
         with viewer.txn() as s:
-            s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
-                                                        scales=[4, 4, 40])
+            _bare(s, "xy")
             s.layers.append(name="em", layer=neuroglancer.ImageLayer(
                 source=f"boss://https://127.0.0.1:{relay.port}/demo/synthetic/em"))
-            s.layout = "xy"
-            s.show_axis_lines = False
-            s.show_scale_bar = False
-            s.show_default_annotations = False
             s.position = [CENTER[0], CENTER[1], CENTER[2] + 0.5]
             s.cross_section_scale = 1
         pixels = screenshot(viewer)

@@ -24,7 +24,7 @@ from relay.model import ChannelInfo, Level
 from relay.pyramid import derive_levels, factor, reduce
 
 from .conftest import make_settings
-from .servers import RelayProcess, write_config
+from .servers import RelayProcess, relay_over, write_config
 
 SHAPE_ZYX = (19, 150, 261)          # no side a multiple of 2 but z's first factor of 1
 VOXEL = (4.0, 4.0, 40.0)
@@ -182,9 +182,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def relay(stores: dict[str, Any]) -> Iterator[RelayProcess]:
-    root: Path = stores["root"]
-    config = write_config(root / "relay.yaml", stores["sources"], root / "cache")
-    with RelayProcess(["--config", str(config)], log=root / "relay.log") as process:
+    with relay_over(stores["root"], stores["sources"]) as process:
         yield process
 
 

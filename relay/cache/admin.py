@@ -110,9 +110,8 @@ async def stats(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
     for tier in tiers:
         assert isinstance(tier, Inventoried)
         groups: dict[tuple[int | None, str], _Group] = defaultdict(_Group)
-        for key, size in await _selected(tier, sources, selection):
-            name = parse_key(key)
-            group = groups[(owner(name, sources), name.channel if name else "(other)")]
+        for _, size, name, index in await _selected(tier, sources, selection):
+            group = groups[(index, name.channel if name else "(other)")]
             group.entries += 1
             group.nbytes += size
             if name is not None and name.level is not None:
@@ -141,12 +140,15 @@ async def stats(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
 
 
 async def _selected(tier: Inventoried, sources: Sequence[SourceSettings],
-                    selection: Selection) -> list[tuple[str, int]]:
+                    selection: Selection
+                    ) -> list[tuple[str, int, EntryName | None, int | None]]:
+    """The selected entries: key, size, what the key says, and the source it belongs to."""
     picked = []
     async for key, size in tier.entries():
         name = parse_key(key)
-        if selection.picks(name, owner(name, sources)):
-            picked.append((key, size))
+        index = owner(name, sources)
+        if selection.picks(name, index):
+            picked.append((key, size, name, index))
     return picked
 
 
@@ -161,7 +163,7 @@ async def verify(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
         tally = Tally(len(picked), "entries")
         counts = {"whole": 0, "damaged": 0, "gone": 0}
         async with progress(tally, f"verifying {tier.name}", out):
-            for key, size in picked:
+            for key, size, _, _ in picked:
                 found = await tier.check(key)
                 counts[found] += 1
                 if found == "damaged":
@@ -183,8 +185,8 @@ async def purge(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
     for tier in tiers:
         assert isinstance(tier, Inventoried)
         picked = await _selected(tier, sources, selection)
-        for key, _ in picked:
+        for key, _, _, _ in picked:
             await tier.delete(key)
         print(f"relay cache: {_label(tier)}: removed {len(picked)} entries "
-              f"({sum(size for _, size in picked) / 1e6:.1f} MB)", file=out)
+              f"({sum(entry[1] for entry in picked) / 1e6:.1f} MB)", file=out)
     return 0

@@ -214,6 +214,19 @@ class Upstream(ABC):
 
         return cast(T, await self._opening.do(key, attempt))
 
+    async def guarded(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """``await call()`` unless the store is being left alone (``check_down``); a store it
+        finds unreachable is left alone (``mark_down``), and any other failure is an
+        ``UpstreamError`` that starts with ``what`` ("read failed for …")."""
+        self.check_down()
+        try:
+            return await call()
+        except UpstreamError as exc:
+            self.mark_down(exc)
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"{self.where}: {what}: {exc}") from exc
+
     @staticmethod
     def check_level(level: int, count: int) -> None:
         if not 0 <= level < count:

@@ -161,14 +161,7 @@ class PrecomputedUpstream(Upstream):
             cutout = volumes[level].download(Bbox(tuple(box.start), tuple(box.stop)))
             return np.ascontiguousarray(np.asarray(cutout)[..., channel].transpose(2, 1, 0))
 
-        self.check_down()
-        try:
-            data = await self.worker.call(download)
-        except UpstreamError as exc:
-            self.mark_down(exc)
-            raise
-        except Exception as exc:
-            raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc
+        data = await self.guarded(lambda: self.worker.call(download), f"read failed for {ref}")
         return data.astype(info.dtype, copy=False)
 
     async def mesh_directory(self, ref: ChannelRef) -> str | None:
@@ -188,14 +181,7 @@ class PrecomputedUpstream(Upstream):
             body = CloudFiles(volumes[0].meta.cloudpath).get(f"{directory}/{name}")
             return None if body is None else bytes(body)
 
-        self.check_down()
-        try:
-            return await self.worker.call(get)
-        except UpstreamError as exc:
-            self.mark_down(exc)
-            raise
-        except Exception as exc:
-            raise UpstreamError(f"{self.where}: mesh file {name} failed: {exc}") from exc
+        return await self.guarded(lambda: self.worker.call(get), f"mesh file {name} failed")
 
 
 def _boss_type(layer_type: str) -> Any:

@@ -273,14 +273,7 @@ class ZarrUpstream(Upstream):
                 raise UpstreamUnavailable(f"{self.where}: the store is gone (unmounted?)")
             return await array.getitem(selection)
 
-        self.check_down()
-        try:
-            got = await self.worker.run(get)
-        except UpstreamError as exc:
-            self.mark_down(exc)
-            raise
-        except Exception as exc:
-            raise UpstreamError(f"{self.where}: read failed for {ref}: {exc}") from exc
+        got = await self.guarded(lambda: self.worker.run(get), f"read failed for {ref}")
         spatial = [a for a in opened.axes if a in "zyx"]
         data = np.asarray(got).transpose([spatial.index(a) for a in "zyx"])
         return np.ascontiguousarray(data, dtype=opened.info.dtype)
