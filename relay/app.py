@@ -45,6 +45,7 @@ from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams.base import UpstreamContext
 from .upstreams.http import HttpPool
 from .upstreams.kinds import Registry, registry
+from .writes import WriteService
 
 __all__ = ["SETTINGS_ENV", "build_cache", "build_memo", "check_required", "create_app",
            "from_environment", "startup_warnings"]
@@ -190,6 +191,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))
         app.state.meshes = MeshService(app.state.cutouts, cache, metrics)
+        app.state.writes = WriteService(app.state.cutouts, metrics)
         app.state.budget = ByteBudget(int(settings.server.max_inflight_bytes),
                                       settings.server.inflight_wait_seconds, metrics)
         policy = ConnectionPolicy(

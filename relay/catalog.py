@@ -42,10 +42,22 @@ def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n != "*"))
 
 
+def _as_served(source: SourceSettings, upstream: Upstream) -> SourceSettings:
+    """A writable source that caches per caller (each caller's own credential goes upstream)
+    is read uncached: a write must drop every copy of what it touched, and the relay cannot
+    name the other callers' copies (docs/writes.md)."""
+    if source.writable and source.cache and upstream.partitioned:
+        log.info("%s: writable and forwarding each caller's token: read uncached",
+                 upstream.where)
+        return source.model_copy(update={"cache": False})
+    return source
+
+
 class Catalog:
     def __init__(self, sources: Sequence[SourceSettings], registry: Registry,
                  context: UpstreamContext | None = None) -> None:
-        self._entries = [(source, registry.create(source, context)) for source in sources]
+        self._entries = [(_as_served(source, upstream), upstream) for source, upstream in (
+            (source, registry.create(source, context)) for source in sources)]
         # which upstreams speak BossDB, found once: a runtime protocol check costs microseconds
         # (about a tenth of a metadata request) and the answer never changes
         self._speakers: dict[int, SpeaksBoss] = {

@@ -6,7 +6,8 @@ This module is the only user of ``blosc`` (python-blosc, Blosc1: the frame forma
 Wire encodings (BossDB's ``bossspatialdb/renderers.py`` and ``parsers.py``; intern's
 ``service/boss/v1/volume.py`` decodes them), all of a C-order Z,Y,X (or T,Z,Y,X) array:
 - ``application/blosc``: one Blosc1 frame of the raw bytes; the default for a missing Accept.
-- ``application/blosc-python``: ``blosc.pack_array`` (pickle inside; we only ever produce it).
+- ``application/blosc-python``: ``blosc.pack_array`` (pickle inside; an uploaded one is read
+  by an unpickler that can make nothing but a numpy array: ``decode_upload``).
 - ``application/npygz``: zlib (RFC 1950, not gzip) of ``np.save`` bytes.
 - ``image/jpeg``: uint8 3-D only; the z slices stacked vertically into one grey image.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import struct
 import zlib
 from enum import StrEnum
@@ -30,7 +32,14 @@ import compressed_segmentation
 import numpy as np
 from PIL import Image
 
-from .errors import DatatypeMismatch, NotAcceptable, RequestTooLarge, Unsupported4D
+from .errors import (
+    DataDimensionMismatch,
+    DatatypeMismatch,
+    NotAcceptable,
+    RequestTooLarge,
+    Unsupported4D,
+    UnsupportedMediaType,
+)
 
 __all__ = [
     "CSEG_BLOCK",
@@ -41,6 +50,7 @@ __all__ = [
     "check_encodable",
     "check_jpeg",
     "decode_blosc",
+    "decode_upload",
     "encode",
     "encode_compressed_segmentation",
     "encoding_bytes",
@@ -50,6 +60,7 @@ __all__ = [
     "packed_blosc_frame",
     "packed_fetched_at",
     "unpack_cuboid",
+    "upload_media",
 ]
 
 # Release the GIL while (de)compressing so encodes in worker threads overlap request handling.
@@ -220,6 +231,85 @@ def decode_blosc(body: bytes, dtype: np.dtype[np.generic], shape: tuple[int, ...
         raise ValueError(f"decoded {len(raw)} bytes where {expected} were expected")
     array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return array
+
+
+#: What a pickled numpy array may name (numpy 1.x and 2.x spellings; ``_codecs.encode`` is how
+#: protocol 2 carries bytes). Anything else in an uploaded pickle is refused unmade.
+_PICKLE_GLOBALS = frozenset({
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array")
+        return super().find_class(module, name)
+
+
+def upload_media(content_type: str | None) -> MediaType:
+    """The encoding of a POSTed cutout, from its Content-Type (415 for anything else: a form
+    a web page could send cross-site without asking is never read as voxels)."""
+    name = (content_type or "").partition(";")[0].strip().lower()
+    if name in (MediaType.BLOSC, MediaType.BLOSC_PYTHON):
+        return MediaType(name)
+    shown = name[:60] or "none"
+    raise UnsupportedMediaType(f"Content-Type {shown!r} cannot be written; POST "
+                               "application/blosc (what intern sends) or application/blosc-python")
+
+
+def decode_upload(body: bytes, media: MediaType, dtype: np.dtype[Any],
+                  shape: tuple[int, ...]) -> np.ndarray:
+    """A POSTed cutout as a C-order array of ``shape`` (from the URL, as BossDB reads it):
+    BossDB's 2001 when the body holds voxels of another dtype, 2002 when it holds some other
+    number of bytes, or is not a frame at all. Sizes are checked from the header before
+    anything is inflated."""
+    expected = int(np.prod(shape)) * dtype.itemsize
+    sizes = blosc_sizes(body)
+    if sizes is None or sizes[1] != len(body):
+        raise DataDimensionMismatch("The body is not one Blosc frame (application/blosc is "
+                                    "blosc.compress of the voxels' bytes)")
+    if media is MediaType.BLOSC:
+        _check_length(sizes[0], expected, dtype, shape)
+    elif sizes[0] > expected + 4096:  # a pickle adds its header to the voxels, no more
+        raise DataDimensionMismatch(f"The body unpacks to {sizes[0]} bytes; {expected} bytes "
+                                    f"of {dtype.name} voxels were expected")
+    try:
+        _threads_for(sizes[0])
+        raw = blosc.decompress(body)
+    except Exception as exc:  # blosc raises bare RuntimeError/ValueError/TypeError
+        raise DataDimensionMismatch(f"The body is not a Blosc frame ({type(exc).__name__})"
+                                    ) from exc
+    if media is MediaType.BLOSC:
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    try:
+        array = _ArrayUnpickler(io.BytesIO(raw)).load()
+    except Exception as exc:
+        raise DataDimensionMismatch(f"The body is not a packed numpy array ({exc})"[:200]
+                                    ) from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "u":
+        raise DataDimensionMismatch("The body is not a packed array of unsigned integers")
+    if array.dtype.newbyteorder("<") != dtype:
+        raise DatatypeMismatch(f"The body holds {array.dtype.name} voxels; this channel is "
+                               f"{dtype.name}")
+    _check_length(array.size * array.itemsize, expected, dtype, shape)
+    return np.ascontiguousarray(array, dtype=dtype).reshape(shape)
+
+
+def _check_length(got: int, expected: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    if got == expected:
+        return
+    voxels = int(np.prod(shape))
+    for other in DTYPES.values():
+        if other != dtype and got == voxels * other.itemsize:
+            raise DatatypeMismatch(f"The body holds {voxels} {other.name} voxels; this "
+                                   f"channel is {dtype.name}")
+    raise DataDimensionMismatch(
+        f"Failed to unpack data. Verify the datatype of your POSTed data and xyz dimensions "
+        f"used in the POST URL: {got} bytes where {expected} ({dtype.name}, "
+        f"{' x '.join(map(str, shape))} z,y,x) were expected")
 
 
 def _blosc(array: np.ndarray) -> bytes:

@@ -159,6 +159,18 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     sources: tuple[SourceSettings, ...] = ()
 
+    @model_validator(mode="after")
+    def _writes_need_one_view(self) -> Settings:
+        # each worker holds its own memory tier and decoded cuboids: only the shared tier's
+        # versions tell the others what a write in one of them dropped (docs/writes.md)
+        writable = [s for s in self.sources if s.writable and s.cache]
+        if writable and self.server.workers > 1 and self.cache.redis_url is None:
+            raise ValueError(
+                "writable sources with server.workers > 1 need cache.redis_url (each worker "
+                "caches on its own, and a write in one must reach the others' copies); set "
+                "it, run one worker, or set cache: false on the writable sources")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

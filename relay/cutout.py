@@ -36,6 +36,7 @@ from .codecs import (
 )
 from .config import SourceSettings
 from .errors import RequestTooLarge, UpstreamError
+from .gate import Gates
 from .geometry import Box, Vec3
 from .metrics import OUTCOMES, Metrics, Outcome
 from .model import token_digest
@@ -44,7 +45,8 @@ from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .pyramid import factor, finer_box, reduce
 from .singleflight import SingleFlight
 
-__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key", "key_prefix"]
+__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key", "channel_prefix",
+           "key_prefix"]
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
@@ -110,6 +112,14 @@ def slowest(outcomes: Iterable[Outcome]) -> Outcome:
     return max(outcomes, key=OUTCOMES.index, default="memory")
 
 
+def channel_prefix(channel: Channel) -> str:
+    """The store and channel every cache key of ``channel`` starts with (its partitions and
+    levels below it): what a write's gate is named after."""
+    ref = channel.ref
+    return (f"{KEY_VERSION}/{channel.upstream.kind}-{channel.upstream.identity_digest}/"
+            f"{ref.collection}/{ref.experiment}/{ref.channel}")
+
+
 def key_prefix(channel: Channel, resolution: int, token: str | None = None) -> str:
     """Where a channel level's entries are cached: its cuboids (``cache_key``) and what is
     made from them (meshes). The upstream identity is hashed: it may hold a URL with
@@ -173,6 +183,23 @@ class CutoutService:
             decoded_bytes, lambda entry: entry[0].nbytes)
         # Bounds the cuboid reads one request keeps in flight at once.
         self._max_parallel = max_parallel
+        #: writable channels' store reads and writes kept apart (``relay.gate``)
+        self.gates = Gates()
+
+    async def versioned(self, channel: Channel, keys: list[str]) -> list[str] | None:
+        """The keys a writable source's cuboids are cached under in a fleet: each key with
+        its write version (``Versioned``), so a write on any relay of the fleet makes every
+        relay's copy of what it touched unreachable. ``keys`` as they are for other sources
+        or without a fleet; None when the fleet's versions cannot be read (the shared tier is
+        down): nothing cached can then be trusted, and the caller reads afresh."""
+        cache = self.cache
+        if not channel.source.writable or cache is None or not cache.versioned:
+            return keys
+        versions = await cache.versions(keys)
+        if versions is None:
+            self.metrics.inc("versions_unknown_total")
+            return None
+        return [f"{k}@{v}" if v else k for k, v in zip(keys, versions, strict=True)]
 
     async def answer(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
         """What the handler sends, in one call: with ``frame_ok`` (the answer is a Blosc1
@@ -199,8 +226,11 @@ class CutoutService:
         cuboid = exact_cuboid(request.box, level.cuboid, level.origin, level.bounds)
         if cuboid is None:
             return None
-        key = cache_key(channel, request.resolution, 0, cuboid, request.token)
-        packed, tier = await self.cache.find(key)
+        keys = await self.versioned(channel, [cache_key(channel, request.resolution, 0, cuboid,
+                                                        request.token)])
+        if keys is None:
+            return None
+        packed, tier = await self.cache.find(keys[0])
         if packed is None or not _fresh(channel.source,
                                         fetched_at := packed_fetched_at(packed)):
             return None
@@ -223,12 +253,17 @@ class CutoutService:
             raise RequestTooLarge(
                 f"This cutout covers {cells} cuboids of the channel's {c.x}×{c.y}×{c.z} grid "
                 f"(at most {MAX_CUBOIDS} per request); ask for a smaller box")
-        jobs = [
-            (ti, t, cuboid, cache_key(request.channel, request.resolution, t, cuboid,
-                                      request.token))
-            for ti, t in enumerate(times)
-            for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)
-        ]
+        planned = [(ti, t, cuboid) for ti, t in enumerate(times)
+                   for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)]
+        keys = await self.versioned(request.channel, [
+            cache_key(request.channel, request.resolution, t, cuboid, request.token)
+            for _, t, cuboid in planned])
+        if keys is None:  # a fleet whose versions cannot be read: afresh, from the store
+            request = replace(request, refresh=True)
+            keys = [cache_key(request.channel, request.resolution, t, cuboid, request.token)
+                    for _, t, cuboid in planned]
+        jobs = [(ti, t, cuboid, key)
+                for (ti, t, cuboid), key in zip(planned, keys, strict=True)]
         if request.times is None and len(jobs) == 1 and jobs[0][2].box == request.box:
             # exactly one whole cuboid (what intern and neuroglancer mostly ask for): the
             # cuboid's own read-only array is the answer; no zeroed output, no copy
@@ -288,7 +323,26 @@ class CutoutService:
         # awaits, and a flight for the key could finish (and leave) meanwhile, so check-then-
         # join would read upstream twice. A refresh must not join a lookup: it has its own key.
         flight = key + "#refresh" if request.refresh else key
-        return await self.flights.do(flight, lambda: self._load(key, request, t, box))
+        if not request.channel.source.writable:
+            return await self.flights.do(flight, lambda: self._load(key, request, t, box))
+        # a writable channel's store is not read while a write is under way (``relay.gate``)
+        async with self.gates(channel_prefix(request.channel)).reading():
+            return await self.flights.do(flight, lambda: self._gated_load(key, request, t, box))
+
+    async def _gated_load(self, key: str, request: CutoutRequest, t: int, box: Box) -> _Loaded:
+        # The flight holds the gate itself too (as a read inside the caller's, so at once): if
+        # every caller leaves, a write must still wait for the read to finish and be cached.
+        async with self.gates(channel_prefix(request.channel)).reading():
+            return await self._load(key, request, t, box)
+
+    async def invalidate(self, channel: Channel, keys: list[str]) -> None:
+        """Drop ``keys`` (a write touched them) from the decoded cuboids and every cache tier,
+        the fleet's versions included, so what is read next comes from the store."""
+        held = await self.versioned(channel, keys)
+        for key in held or keys:
+            self.decoded.discard(key)
+            if self.cache is not None:
+                await self.cache.delete(key)
 
     def _held(self, key: str, request: CutoutRequest) -> tuple[np.ndarray, float] | None:
         """The cuboid under ``key`` and when it was read, if it is held decoded and fresh

@@ -46,6 +46,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "CutoutTypeError",
+    "DataDimensionMismatch",
     "DatatypeMismatch",
     "DatatypeNotSupported",
     "InvalidCutoutArgs",
@@ -64,6 +65,7 @@ __all__ = [
     "ResourceNotFound",
     "Unauthorized",
     "Unsupported4D",
+    "UnsupportedMediaType",
     "UnsupportedVersion",
     "UpstreamError",
     "UpstreamTimeout",
@@ -128,6 +130,12 @@ class DatatypeMismatch(BadRequest):
     code = 2001
 
 
+class DataDimensionMismatch(BadRequest):
+    code = 2002
+    default_message = ("Failed to unpack data. Verify the datatype of your POSTed data and xyz "
+                       "dimensions used in the POST URL.")
+
+
 class DatatypeNotSupported(BadRequest):
     code = 2003
 
@@ -171,6 +179,13 @@ class RequestHeadTooLarge(BadRequest):
 class RequestTimeout(BadRequest):
     status = 408
     default_message = "The request head did not arrive in time"
+
+
+class UnsupportedMediaType(RelayError):
+    status = 415
+    code = 1003
+    default_message = ("POST a cutout as Content-Type: application/blosc (what intern sends) "
+                       "or application/blosc-python")
 
 
 class NotAcceptable(RelayError):

@@ -12,8 +12,9 @@ Which cells hold a segment: a *label index*, the sorted labels of each cell, mad
 voxels (read through the cache like any cutout) the first time a manifest needs it, and cached
 beside the cuboids (8 bytes a label). The first manifest of a channel therefore reads the whole
 mesh level, at most ``MESH_CELLS`` cuboids; every later one costs a cache lookup per cell. A
-fragment is made once and cached; manifests and fragments of a source with ``ttl_seconds`` are
-made afresh each time (a cached mesh could outlive the voxels it was made from).
+fragment is made once and cached; manifests and fragments of a source with ``ttl_seconds`` or
+``writable`` are made afresh each time (a cached mesh could outlive the voxels it was made
+from).
 
 zmesh is used only here.
 """
@@ -257,8 +258,9 @@ class MeshService:
                       make: Callable[[], Awaitable[bytes]]) -> bytes:
         """``make()``'s bytes, cached under ``key`` (single-flight; not cached for a source
         whose data may change)."""
-        cacheable = (self.cache is not None and channel.source.cache
-                     and channel.source.ttl_seconds is None)
+        source = channel.source
+        cacheable = (self.cache is not None and source.cache and source.ttl_seconds is None
+                     and not source.writable)
 
         async def load() -> bytes:
             if cacheable:

@@ -60,6 +60,11 @@ COUNTERS: dict[str, str] = {
     "stale_served_total": "Cuboids served stale because the upstream read failed",
     "fleet_supplied_total": "Cuboids another relay of the fleet read while this one waited",
     "derived_cuboids_total": "Cuboids of derived pyramid levels made",
+    "writes_total": "Cutouts written to a store (POST answered 201)",
+    "write_errors_total": "Cutout writes the store (or the fleet's shared tier) refused or failed",
+    "write_invalidated_total": "Cached cuboids dropped because a write touched them",
+    "versions_unknown_total": "Reads of a writable source in a fleet whose Redis could not "
+                              "say which cached copies are current (read afresh)",
     "mesh_manifests_total": "Mesh manifests made from the label index",
     "mesh_fragments_made_total": "Mesh fragments made with zmesh",
     "mesh_files_passed_total": "Files of a store's own mesh directory passed through",

@@ -97,6 +97,10 @@ class SourceSettings(BaseModel):
     required: bool = False
     #: false: every read goes upstream (nothing from this source is cached)
     cache: bool = True
+    #: true: cutouts POSTed to this source's channels are written to its store (when its kind
+    #: can take writes), and the relay's caches of what they touch are dropped; false (the
+    #: default): a POST is 405 (docs/writes.md)
+    writable: bool = False
     #: cached cuboids of this source are reused for at most this long (null: the data never
     #: changes, e.g. a BossDB channel or a locked DVID node)
     ttl_seconds: float | None = Field(None, gt=0)

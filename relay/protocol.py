@@ -87,6 +87,7 @@ _DEFAULT_POLICY = ConnectionPolicy()
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # bytes received since the current request began, while its head is still incomplete
     _head_bytes = 0
+    _head_tail = b""  # the last bytes of the head so far, for an end split across two reads
     _in_head = True
     _head_timer: TimerHandle | None = None
     _send_timer: TimerHandle | None = None
@@ -169,7 +170,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._head_timer is None:  # the first bytes of the next request
                 self._arm_head_timer()
-            self._head_bytes += len(data)
+            # only the head's own bytes count: a POST's body may arrive in the same read
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+            self._head_tail = window[-3:]
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(RequestHeadTooLarge(
                     f"Request line and headers are over {MAX_HEAD_BYTES} bytes"))
@@ -185,7 +190,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0  # a pipelined request may follow
+        # a pipelined request may follow
+        self._in_head, self._head_bytes, self._head_tail = True, 0, b""
 
     # --- the response ----------------------------------------------------------------------
 

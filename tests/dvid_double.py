@@ -12,7 +12,8 @@ blocks omitted), ``throttle`` → 503, the single-block labelmap quirk, and 400 
 errors ending in `` (<path>).``. Its honesty is checked by reading it with intern's DVIDRemote.
 
 Tests set it up through Python (``add_repo``, ``add_instance``, ``write``, ``branch``, ``lock``),
-then serve ``double.app`` on loopback.
+then serve ``double.app`` on loopback. Writes over HTTP: ``POST …/raw/0_1_2/…`` of block-aligned
+little-endian voxels into an unlocked node (a locked one refuses: 400 text, as every error).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ class DvidDouble:
         self._next_version = 1
         self.throttle_busy = False   # when True, throttled requests get 503
         self.requests: list[str] = []
+        self.posts: list[str] = []  # the paths of the writes it took
         self.app = Starlette(routes=[Route("/api/{path:path}", self._dispatch,
-                                           methods=["GET", "HEAD"])])
+                                           methods=["GET", "HEAD", "POST"])])
 
     # --- set-up API (Python) -----------------------------------------------------------------
 
@@ -218,6 +220,8 @@ class DvidDouble:
         self.requests.append(path + ("?" + request.url.query if request.url.query else ""))
         parts = path.split("/")[2:]  # after "/api/"
         try:
+            if request.method == "POST":
+                return self._post(request, parts, await request.body())
             return self._route(request, parts)
         except DvidError as exc:
             # server.BadRequest: text/plain "<message> (<url path>)."
@@ -251,6 +255,32 @@ class DvidDouble:
                 return self._instance(request, repo, node, instance, rest)
         return Response(f"Could not find the URL: {request.url.path}", status_code=404,
                         media_type="text/plain")
+
+    def _post(self, request: Request, parts: list[str], body: bytes) -> Response:
+        """``POST …/raw/0_1_2/{size}/{offset}``: block-aligned voxels into an unlocked node
+        (reference §1.3: "POST must be block-aligned"; a locked node rejects mutations)."""
+        match parts:
+            case ["node", spec, name, "raw", "0_1_2", size_text, offset_text]:
+                repo, node = self.resolve(spec)
+                instance = repo.instances.get(name)
+                if instance is None:
+                    raise DvidError(f"invalid data instance name {name!r}")
+            case _:
+                raise DvidError(f"POST is not served here: {request.url.path}")
+        size = self._triple(size_text, "size")
+        offset = self._triple(offset_text, "offset")
+        block = instance.block_size
+        if min(size) <= 0 or any(v % b for v, b in zip((*size, *offset), block * 2,
+                                                        strict=True)):
+            raise DvidError(f"cannot store voxels at offset {offset_text} of size {size_text}: "
+                            "not block aligned")
+        expected = size[0] * size[1] * size[2] * instance.dtype.itemsize
+        if len(body) != expected:
+            raise DvidError(f"expected {expected} bytes of voxels, got {len(body)}")
+        array = np.frombuffer(body, instance.dtype).reshape(size[::-1])
+        self.posts.append(request.url.path)
+        self.write(node, name, offset, array)
+        return Response(b"")
 
     def _repo_json(self, repo: Repo) -> dict[str, Any]:
         nodes = {u: {"Branch": n.branch, "Note": "", "Log": [], "UUID": u,

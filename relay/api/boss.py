@@ -19,7 +19,15 @@ from starlette.responses import Response
 
 from ..budget import ByteBudget
 from ..catalog import Channel
-from ..codecs import MediaType, check_encodable, encode, encoding_bytes, negotiate
+from ..codecs import (
+    MediaType,
+    check_encodable,
+    decode_upload,
+    encode,
+    encoding_bytes,
+    negotiate,
+    upload_media,
+)
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import (
     CutoutTypeError,
@@ -32,10 +40,12 @@ from ..errors import (
 )
 from ..geometry import Box, Vec3
 from ..meshes import MeshService
-from ..metadata import BossMetadata
+from ..metadata import BossMetadata, experiment_view
 from ..offload import offload
+from ..writes import WriteRequest, WriteService
 from .common import (
     caller_token,
+    catalog_of,
     channel_for,
     check_names,
     cutout_headers,
@@ -186,18 +196,16 @@ def _filter_ids(request: Request, channel: Channel) -> np.ndarray | None:
     return np.array([int(p) for p in parts], dtype=np.uint64)
 
 
-async def cutout(
-    request: Request,
-    collection: str,
-    experiment: str,
-    channel: str,
-    resolution: str,
-    x_range: str,
-    y_range: str,
-    z_range: str,
-    t_range: str | None = None,
-) -> Response:
-    media = negotiate(request.headers.get("accept"))
+def _within(box: Box, frame: Box, level: Box) -> bool:
+    lowest = Vec3(*(min(a, b) for a, b in zip(frame.start, level.start, strict=True)))
+    return Box(lowest, frame.stop).contains(box)
+
+
+async def _target(request: Request, collection: str, experiment: str, channel: str,
+                  resolution: str, x_range: str, y_range: str, z_range: str,
+                  t_range: str | None) -> tuple[Channel, int, Box, range | None]:
+    """A cutout URL checked in BossDB's order: the channel, the resolution, the ranges (against
+    the resolution-0 frame) and the time range; what a GET and a POST both address."""
     if not _RESOLUTION.fullmatch(resolution):
         raise NotFound(f"Invalid resolution {show(resolution)}: one digit expected")
     chan = await channel_for(request, collection, experiment, channel)
@@ -217,9 +225,15 @@ async def cutout(
     # calls this check wrong), a level whose first voxel lies below the frame's start (a frame
     # not starting at 0, halved) may be read from that first voxel.
     frame, level = info.levels[0].bounds, info.levels[res].bounds
-    lowest = Vec3(*(min(a, b) for a, b in zip(frame.start, level.start, strict=True)))
-    if box.is_empty() or not Box(lowest, frame.stop).contains(box):
-        raise InvalidCutoutArgs(f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}")
+    if box.is_empty() or not _within(box, frame, level):
+        # the experiment's frame is every channel's extent together (``relay.metadata``): a
+        # relay downstream reads this channel anywhere in it, and gets zeros where the
+        # channel holds nothing, as from BossDB
+        view = await experiment_view(catalog_of(request), collection, experiment,
+                                     caller_token(request))
+        if box.is_empty() or not _within(box, view.frame, level):
+            raise InvalidCutoutArgs(
+                f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}")
     times: range | None = None
     if t_range is not None:
         t0, t1 = _range(t_range, "t")
@@ -229,6 +243,24 @@ async def cutout(
                 "time samples"
             )
         times = range(t0, t1)
+    return chan, res, box, times
+
+
+async def cutout(
+    request: Request,
+    collection: str,
+    experiment: str,
+    channel: str,
+    resolution: str,
+    x_range: str,
+    y_range: str,
+    z_range: str,
+    t_range: str | None = None,
+) -> Response:
+    media = negotiate(request.headers.get("accept"))
+    chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
+                                          x_range, y_range, z_range, t_range)
+    info = chan.info
     ids = _filter_ids(request, chan)
     ntimes = len(times) if times is not None else 1
     nbytes = cutout_nbytes(box, ntimes, info.dtype)
@@ -250,6 +282,65 @@ async def cutout(
         reservation.release()
         raise
     return BodyResponse(body, media.value, reservation, headers)
+
+
+async def post_cutout(
+    request: Request,
+    collection: str,
+    experiment: str,
+    channel: str,
+    resolution: str,
+    x_range: str,
+    y_range: str,
+    z_range: str,
+    t_range: str | None = None,
+) -> Response:
+    """A cutout written to the store of a ``writable`` source (``relay.writes``): BossDB's
+    checks and codes, 201 with an empty body once the store holds it."""
+    media = upload_media(request.headers.get("content-type"))
+    chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
+                                          x_range, y_range, z_range, t_range)
+    WriteService.check(chan, res)
+    info = chan.info
+    if not info.levels[res].bounds.contains(box):  # a store holds its own extent, no more
+        raise InvalidCutoutArgs(
+            f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}: the channel "
+            f"holds {info.levels[res].bounds} at resolution {res}")
+    ntimes = len(times) if times is not None else 1
+    nbytes = cutout_nbytes(box, ntimes, info.dtype)
+    check_size(request, nbytes)
+    # a Blosc frame is its voxels and a little framing at most (a pickle a little more)
+    limit = nbytes + nbytes // 64 + 64 * 1024
+    budget: ByteBudget = request.app.state.budget
+    reservation = budget.try_reserve(limit + nbytes) or await budget.reserve(limit + nbytes)
+    try:
+        body = await _body(request, limit)
+        shape = ((ntimes,) if times is not None else ()) + box.shape_zyx
+        data = await offload(decode_upload, body, media, info.dtype, shape, nbytes=nbytes)
+        del body
+        service: WriteService = request.app.state.writes
+        await service.write(WriteRequest(
+            chan, res, box, data.reshape((ntimes, *box.shape_zyx)),
+            times if times is not None else range(1), caller_token(request)))
+    finally:
+        reservation.release()
+    return Response(status_code=201)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to pass ``limit`` bytes."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise RequestTooLarge(f"The body announces {length} bytes; a cutout of this box is "
+                              f"at most {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"The body passed {limit} bytes, the most a cutout of this "
+                                  "box can take")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
@@ -295,4 +386,6 @@ async def get_mesh(request: Request, collection: str, experiment: str, channel: 
 _route("/mesh/{collection}/{experiment}/{channel}/{segment}/", get_mesh)
 _route(_CUTOUT, cutout)
 _route(_CUTOUT + "{t_range}/", cutout)
+for _path in (_CUTOUT, _CUTOUT + "{t_range}/"):
+    add_route(router, _path, post_cutout, methods=("POST",), slash_optional=True)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
-__all__ = ["CacheTier", "Checked", "Inventoried", "Leasing"]
+__all__ = ["CacheTier", "Checked", "Inventoried", "Leasing", "Versioned"]
 
 #: what checking one entry found: whole, damaged (and removed), or gone meanwhile
 Checked = Literal["whole", "damaged", "gone"]
@@ -49,6 +49,21 @@ class Leasing(Protocol):
         """Enter before reading ``key`` upstream: yields the value when another process stored
         it (before or meanwhile), else None, and the caller reads and puts it. A put of the
         key, or leaving the block with an exception, ends the lease."""
+        ...
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """A shared tier that keeps a write version per key for a fleet (``relay.cache.redis``):
+    relays cache a writable source's cuboid under its key and version, so a write that bumps
+    the version makes every relay's copies of the old one unreachable at once (docs/writes.md)."""
+
+    async def versions(self, keys: Sequence[str]) -> list[int] | None:
+        """Each key's version (0 when never bumped); None when the tier cannot be asked."""
+        ...
+
+    async def bump(self, keys: Sequence[str]) -> bool:
+        """Add one to each key's version; False when the tier could not be told."""
         ...
 
 

@@ -34,7 +34,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -249,6 +249,38 @@ class RedisTier(CacheTier):
     async def delete(self, key: str) -> None:
         with suppress(_Skipped):
             await self._call(lambda: self.client.delete(self._keys(key)[0]))
+
+    async def versions(self, keys: Sequence[str]) -> list[int] | None:
+        """Each key's write version (``Versioned``): one pipelined round trip; None while
+        Redis cannot be asked."""
+        if not keys:
+            return []
+
+        async def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(self._keys(key)[0] + ":ver")
+            return list(await pipe.execute())
+
+        try:
+            found = await self._call(read)
+        except Exception:  # counted by _call (or skipped while the breaker is open)
+            return None
+        return [int(v) if v is not None and v.isdigit() else 0 for v in found]
+
+    async def bump(self, keys: Sequence[str]) -> bool:
+        async def incr() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                # no expiry: a version that vanished would bring an old copy back to life
+                pipe.incr(self._keys(key)[0] + ":ver")
+            await pipe.execute()
+
+        try:
+            await self._call(incr)
+        except Exception:
+            return False
+        return True
 
     async def entries(self) -> AsyncIterator[tuple[str, int]]:
         # every value key under the prefix (leases are skipped), with its length; glob

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from .base import CacheTier, Leasing
+from .base import CacheTier, Leasing, Versioned
 
 __all__ = ["TieredCache"]
 
@@ -47,6 +47,8 @@ class TieredCache(CacheTier):
             None)
         self.max_pending_bytes = max_pending_bytes
         self._pending: set[asyncio.Task[None]] = set()
+        #: the latest write-behind of each key, so a delete can wait for it to land first
+        self._pending_by_key: dict[str, asyncio.Task[None]] = {}
         self._pending_bytes = 0
         # Values on their way to a slower tier, readable meanwhile: a get between a put and its
         # write-behind landing must not miss (with the memory tier off or evicted, it would
@@ -114,7 +116,13 @@ class TieredCache(CacheTier):
         self._in_transit[key] = value
         task = asyncio.create_task(self._write_behind(tier, key, value))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending_by_key[key] = task
+        task.add_done_callback(functools.partial(self._landed, key))
+
+    def _landed(self, key: str, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if self._pending_by_key.get(key) is task:
+            del self._pending_by_key[key]
 
     async def _write_behind(self, tier: CacheTier, key: str, value: bytes) -> None:
         try:
@@ -125,9 +133,35 @@ class TieredCache(CacheTier):
                 del self._in_transit[key]
 
     async def delete(self, key: str) -> None:
+        """Remove ``key`` from every tier; a write-behind of it still on its way down lands
+        first, so it cannot put the value back after the delete (a write to the store drops
+        what it touched this way)."""
         self._in_transit.pop(key, None)
+        while (pending := self._pending_by_key.get(key)) is not None and not pending.done():
+            await asyncio.wait([pending])
         for tier in self.tiers:
             await self._guard(tier, "delete", functools.partial(tier.delete, key))
+
+    @property
+    def versioned(self) -> bool:
+        """Is there a shared tier keeping the fleet's write versions (``Versioned``)?"""
+        return self._shared is not None and isinstance(self._shared[1], Versioned)
+
+    async def versions(self, keys: Sequence[str]) -> list[int] | None:
+        """The fleet's write version of each key (0: never written), or None when the
+        shared tier cannot say (it is down: nothing cached may be trusted for them)."""
+        assert self._shared is not None
+        tier = self._shared[1]
+        assert isinstance(tier, Versioned)
+        return await tier.versions(keys)
+
+    async def bump(self, keys: Sequence[str]) -> bool:
+        """Make every relay of the fleet read ``keys`` afresh (see ``versions``); False when
+        the shared tier could not be told."""
+        assert self._shared is not None
+        tier = self._shared[1]
+        assert isinstance(tier, Versioned)
+        return await tier.bump(keys)
 
     async def drain(self) -> None:
         """Wait for every write-behind to land (shutdown, tests)."""

@@ -25,7 +25,13 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import ResourceNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    MethodNotAllowed,
+    ResourceNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..geometry import Box
 from ..model import ChannelInfo, ChannelRef
 from ..singleflight import SingleFlight
@@ -175,6 +181,20 @@ class Upstream(ABC):
         one (already checked to decode to them), so the cache can keep the frame instead of
         compressing the voxels again. By default there is no frame."""
         return await self.read(ref, level, box, t, token), None
+
+    #: can this kind write cutouts into its store (``write``)?
+    writes: ClassVar[bool] = False
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        """Write the Z,Y,X voxels ``data`` (the channel's dtype, ``box``'s shape; the box is
+        inside the level's bounds but need not be aligned to anything) at time ``t``; return
+        once the store holds them. A store that refuses says why with a ``RelayError``."""
+        raise MethodNotAllowed(f"a {self.kind} source cannot take writes")
+
+    def forget(self, ref: ChannelRef) -> None:  # noqa: B027 - optional hook
+        """Drop what is held of ``ref``'s description: a write may have changed it (DVID's
+        extents grow by whole blocks; BossDB marks a written channel not downsampled)."""
 
     async def mesh_directory(self, ref: ChannelRef) -> str | None:
         """The store's own mesh directory for ``ref`` (precomputed's ``mesh``), or None when

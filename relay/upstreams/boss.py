@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import dialect
-from ..codecs import DTYPES, decode_blosc
+from ..codecs import DTYPES, MediaType, decode_blosc, encode
 from ..errors import UpstreamError
 from ..geometry import Box, Vec3
 from ..model import (
@@ -64,6 +64,7 @@ class BossOptions(NoOptions):
 
 class BossUpstream(Upstream):
     kind = "boss"
+    writes = True
     Options = BossOptions
     options: BossOptions
 
@@ -193,6 +194,30 @@ class BossUpstream(Upstream):
         except ValueError as exc:
             raise UpstreamError(f"{self._where} sent a bad cutout for {ref}: {exc}") from exc
         return data, response.content
+
+
+    def forget(self, ref: ChannelRef) -> None:
+        c, e, ch = ref.collection, ref.experiment, ref.channel
+        paths = {dialect.channel(c, e, ch), dialect.downsample(c, e, ch)}
+        for key in [k for k in self._metadata if k[0] in paths]:
+            del self._metadata[key]
+        self._infos.pop(ref, None)
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        # the same POST, one hop on: another relay (which writes and invalidates in its turn)
+        # or BossDB; its error (a read-only relay's 405, BossDB's 403) comes back as it is
+        info = await self.channel_info(ref, token)
+        self.check_level(level, len(info.levels))
+        time_part = f"{t}:{t + 1}/" if info.num_time_samples > 1 else ""
+        url = (f"{self._base}/v1/cutout/{ref.collection}/{ref.experiment}/{ref.channel}/"
+               f"{level}/{box}/{time_part}")
+        body = await offload(encode, np.ascontiguousarray(data), MediaType.BLOSC,
+                             nbytes=data.nbytes)
+        headers = self._headers(token, "application/json")
+        headers["Content-Type"] = MediaType.BLOSC.value
+        await self.context.http.post(url, body, self.http_settings, where=self._where,
+                                     headers=headers)
 
 
 def _channel_info(channel: dict[str, Any], experiment: dict[str, Any], frame: dict[str, Any],

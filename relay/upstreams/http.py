@@ -258,12 +258,16 @@ class HttpPool:
         params: Mapping[str, str] | None = None,
         on_client_error: Callable[[Reply], RelayError | None] = _default_client_error,
         max_bytes: int = METADATA_MAX_BYTES,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> Reply:
         """GET ``url``; a 2xx reply with its body read (at most ``max_bytes``), or a
         RelayError.
 
         ``url`` is sent as built (already encoded, never re-quoted). ``where`` names the
-        upstream in error messages: never a URL with credentials in it.
+        upstream in error messages: never a URL with credentials in it. ``post`` is the same
+        with a body: a cutout POST is idempotent (the same voxels to the same place), so it
+        is retried like a GET.
         """
         target = URL(url, encoded=True)
         if target.user is not None and headers and any(
@@ -280,8 +284,8 @@ class HttpPool:
 
         async def attempt() -> Reply:
             try:
-                async with session.get(target, headers=headers, params=params,
-                                       allow_redirects=False) as answer:
+                async with session.request(method, target, headers=headers, params=params,
+                                           data=body, allow_redirects=False) as answer:
                     # an error page is read only as far as its message is shown
                     cap = max_bytes if answer.status < 300 else METADATA_MAX_BYTES
                     response = Reply(answer.status,
@@ -331,6 +335,14 @@ class HttpPool:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{where} did not answer within {settings.total:g} s") from exc
         _unreachable()
+
+    async def post(self, url: str, body: bytes, settings: HttpSettings, *, where: str,
+                   headers: Mapping[str, str] | None = None,
+                   on_client_error: Callable[[Reply], RelayError | None] = _default_client_error,
+                   ) -> Reply:
+        """POST ``body`` to ``url`` (see ``get``); the reply's body is an error's at most."""
+        return await self.get(url, settings, where=where, headers=headers, method="POST",
+                              body=body, on_client_error=on_client_error)
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}

@@ -16,6 +16,7 @@ hung server frees its thread after the read timeout and an endless body is cut o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,12 +24,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 from cloudfiles import CloudFiles
-from cloudfiles.interfaces import HttpInterface
+from cloudfiles.interfaces import EXT_TEST_SEQUENCE, HttpInterface
 from cloudvolume import Bbox, CloudVolume
 from cloudvolume.exceptions import InfoUnavailableError
 
-from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
-from ..geometry import Box
+from ..errors import ConfigError, MethodNotAllowed, UpstreamError, UpstreamUnavailable
+from ..geometry import Box, Vec3
 from ..model import ChannelInfo, ChannelRef
 from ._levels import FileOptions, file_info, make_level, overridden
 from .base import Upstream, UpstreamContext
@@ -36,6 +37,12 @@ from .base import Upstream, UpstreamContext
 __all__ = ["PrecomputedUpstream"]
 
 _PREFIX = "precomputed://"
+#: how written chunks are compressed (cloud-volume's own default for raw chunks), and the
+#: name suffix that gives them
+_WRITTEN, _WRITTEN_EXT = "gzip", ".gz"
+#: chunk encodings a write reads back exactly
+_LOSSLESS = frozenset({"raw", "compressed_segmentation", "png", "compresso", "crackle",
+                       "fpzip"})
 
 
 class _BoundedAdapter(requests.adapters.HTTPAdapter):
@@ -87,6 +94,7 @@ class PrecomputedOptions(FileOptions):
 
 class PrecomputedUpstream(Upstream):
     kind = "precomputed"
+    writes = True
     Options = PrecomputedOptions
     options: PrecomputedOptions
 
@@ -108,10 +116,12 @@ class PrecomputedUpstream(Upstream):
 
         def open_mip(mip: int, info: Any = None) -> Any:
             # One instance per mip: download(mip=m) on a mip-0 instance checks the box
-            # against mip 0's bounds. The info fetched once is handed to the others.
+            # against mip 0's bounds. The info fetched once is handed to the others. A write
+            # of a box that covers chunks in part reads and rewrites them whole
+            # (non_aligned_writes), gzip-compressed as cloud-volume writes raw chunks.
             return CloudVolume(self._cloudpath, mip=mip, info=info, cache=False,
                                progress=False, fill_missing=src.fill_missing, bounded=True,
-                               parallel=1)
+                               parallel=1, non_aligned_writes=True, compress=_WRITTEN)
 
         try:
             volume = open_mip(0)
@@ -164,6 +174,35 @@ class PrecomputedUpstream(Upstream):
         data = await self.guarded(lambda: self.worker.call(download), f"read failed for {ref}")
         return data.astype(info.dtype, copy=False)
 
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        volumes, info = await self._open()
+        self.check_level(level, len(info.levels))
+        volume = volumes[level]
+        encoding = volume.meta.encoding(level)
+        if encoding not in _LOSSLESS:
+            raise MethodNotAllowed(f"{self.where}: level {level} is {encoding}-encoded, which "
+                                   "is lossy: a write would not read back as written")
+        if volume.meta.sharding(level):
+            raise MethodNotAllowed(f"{self.where}: level {level} is sharded; cutout writes go "
+                                   "to unsharded precomputed volumes only")
+        channel = self.options.channel_index
+        bbox = Bbox(tuple(box.start), tuple(box.stop))
+        xyz = data.transpose(2, 1, 0)
+
+        def upload() -> None:
+            if volume.num_channels == 1:
+                volume[bbox] = xyz[..., np.newaxis]
+            else:  # the other channels of the box are written back as they are
+                held = np.array(volume.download(bbox))
+                held[..., channel] = xyz
+                volume[bbox] = held
+            if self._local_info is not None:
+                _drop_other_variants(os.path.dirname(self._local_info), volume, level, box,
+                                     info.levels[level].bounds)
+
+        await self.guarded(lambda: self.worker.call(upload), f"write failed for {ref}")
+
     async def mesh_directory(self, ref: ChannelRef) -> str | None:
         volumes, _ = await self._open()
         mesh = volumes[0].info.get("mesh")
@@ -182,6 +221,29 @@ class PrecomputedUpstream(Upstream):
             return None if body is None else bytes(body)
 
         return await self.guarded(lambda: self.worker.call(get), f"mesh file {name} failed")
+
+
+def _drop_other_variants(directory: str, volume: Any, level: int, box: Box, bounds: Box) -> None:
+    """Remove the chunk files a write replaced under another name. On a local disk cloud-files
+    keeps a chunk's compression in its name (``c``, ``c.gz``, ``c.br``…) and reads whichever
+    variant it found last, so an uncompressed file left beside the new ``.gz`` could be read
+    instead of it. (In a bucket, compression is the object's metadata: one name only.)"""
+    chunk = Vec3(*(int(c) for c in volume.meta.chunk_size(level)))
+    offset = Vec3(*(int(o) for o in volume.meta.voxel_offset(level)))
+    ranges = [range(offset[a] + (box.start[a] - offset[a]) // chunk[a] * chunk[a], box.stop[a],
+                    chunk[a]) for a in range(3)]
+    for z in ranges[2]:
+        for y in ranges[1]:
+            for x in ranges[0]:
+                start = Vec3(x, y, z)
+                stop = Vec3(*(min(s + c, b) for s, c, b in zip(start, chunk, bounds.stop,
+                                                               strict=True)))
+                name = os.path.join(directory, volume.meta.key(level),
+                                    f"{start.x}-{stop.x}_{start.y}-{stop.y}_{start.z}-{stop.z}")
+                for ext, _ in EXT_TEST_SEQUENCE:
+                    if ext != _WRITTEN_EXT:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(name + ext)
 
 
 def _boss_type(layer_type: str) -> Any:

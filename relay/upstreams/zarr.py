@@ -32,7 +32,7 @@ from zarr.core.array import AsyncArray
 from zarr.core.group import AsyncGroup
 from zarr.storage import FsspecStore, LocalStore
 
-from ..errors import ConfigError, UpstreamError, UpstreamUnavailable
+from ..errors import ConfigError, MethodNotAllowed, UpstreamError, UpstreamUnavailable
 from ..geometry import Box
 from ..model import ChannelInfo, ChannelRef, Level
 from ._levels import FileOptions, file_info, make_level, overridden
@@ -83,6 +83,7 @@ class ZarrOptions(FileOptions):
 
 class ZarrUpstream(Upstream):
     kind = "zarr"
+    writes = True
     Options = ZarrOptions
     options: ZarrOptions
 
@@ -91,8 +92,12 @@ class ZarrUpstream(Upstream):
 
     def _make_store(self, url: str, main: bool = True) -> LocalStore | FsspecStore:
         parsed = urlparse(url)
+        # a store is opened for writing only when its source takes writes
+        read_only = not (self.source.writable and main)
         if parsed.scheme in ("", "file"):
-            return LocalStore(parsed.path if parsed.scheme else url, read_only=True)
+            return LocalStore(parsed.path if parsed.scheme else url, read_only=read_only)
+        if parsed.scheme in ("http", "https"):
+            read_only = True  # HTTP has no write verb for zarr: ``write`` says so
         options: dict[str, Any] = {"skip_instance_cache": True}
         if parsed.scheme in ("http", "https"):
             client = fsspec_client_kwargs(self.http_settings, _METADATA_BODY)
@@ -102,7 +107,7 @@ class ZarrUpstream(Upstream):
         # fsspec caches filesystem instances process-wide, and an HTTP filesystem holds an
         # aiohttp session bound to the event loop that made it: each upstream gets its own,
         # made on the source's own loop.
-        return FsspecStore.from_url(url, read_only=True, storage_options=options)
+        return FsspecStore.from_url(url, read_only=read_only, storage_options=options)
 
     async def _open(self) -> _Opened:
         return await self.open_once(lambda: self.worker.run(self._open_store))
@@ -112,7 +117,8 @@ class ZarrUpstream(Upstream):
         url = self.source.url
         self._store = self._make_store(url)
         try:
-            node = await zarr_async.open(store=self._store, mode="r")
+            node = await zarr_async.open(store=self._store,
+                                         mode="r" if self._store.read_only else "r+")
         except FileNotFoundError as exc:
             raise UpstreamUnavailable(f"{self.where}: no zarr array or group there (a store "
                                       "not mounted, or a wrong url:)") from exc
@@ -252,17 +258,42 @@ class ZarrUpstream(Upstream):
             await self.worker.aclose(last=lambda: _close_session(self._store))
         await super().aclose()
 
-    async def read(
-        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
-    ) -> np.ndarray | None:
-        opened = await self._open()
-        self.check_level(level, len(opened.arrays))
+    def _selection(self, opened: _Opened, level: int, box: Box, t: int) -> tuple[int | slice,
+                                                                                 ...]:
+        """``box`` at time ``t`` as an index of the level's array, in the array's axis order."""
         local = Box(box.start - opened.info.levels[level].origin,
                     box.stop - opened.info.levels[level].origin)
         z, y, x = local.zyx_slices()
         picks: dict[str, int | slice] = {"t": t, "c": self.options.channel_index, "z": z, "y": y,
                                           "x": x}
-        selection = tuple(picks[a] for a in opened.axes)
+        return tuple(picks[a] for a in opened.axes)
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        opened = await self._open()
+        self.check_level(level, len(opened.arrays))
+        store = self._store
+        if store is None or store.read_only:
+            raise MethodNotAllowed(f"{self.where} is read over HTTP, which has no way to write "
+                                   "zarr; point url: at a local path, s3:// or gs:// to write")
+        selection = self._selection(opened, level, box, t)
+        spatial = [a for a in opened.axes if a in "zyx"]
+        value = data.transpose(["zyx".index(a) for a in spatial])
+        array = opened.arrays[level]
+
+        async def put() -> None:
+            # zarr reads and rewrites the chunks the box covers only in part; each chunk file
+            # is replaced whole (a local store writes a temporary file and renames it)
+            await array.setitem(selection, value)
+
+        await self.guarded(lambda: self.worker.run(put), f"write failed for {ref}")
+
+    async def read(
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
+    ) -> np.ndarray | None:
+        opened = await self._open()
+        self.check_level(level, len(opened.arrays))
+        selection = self._selection(opened, level, box, t)
         array = opened.arrays[level]
         store = self._store
 
