@@ -273,7 +273,9 @@ def decode_upload(body: bytes, media: MediaType, dtype: np.dtype[Any],
                                     "blosc.compress of the voxels' bytes)")
     if media is MediaType.BLOSC:
         _check_length(sizes[0], expected, dtype, shape)
-    elif sizes[0] > expected + 4096:  # a pickle adds its header to the voxels, no more
+    elif sizes[0] > int(np.prod(shape)) * 8 + 4096:
+        # a pickle adds a header to the voxels, no more (of the widest dtype, which is then
+        # told apart as a dtype mismatch)
         raise DataDimensionMismatch(f"The body unpacks to {sizes[0]} bytes; {expected} bytes "
                                     f"of {dtype.name} voxels were expected")
     try:

@@ -14,15 +14,18 @@ BossDB itself reports as TYPE_ERROR (1002). tests/test_errors.py holds the tree 
     │   ├── InvalidCutoutArgs (400, 1001)        out of frame, start >= stop, bad access-mode
     │   ├── InvalidResolution (400, 1002)        resolution outside the channel's levels
     │   ├── CutoutTypeError (400, 1002)          a range that is not two integers
-    │   ├── DatatypeMismatch (400, 2001)         JPEG on a non-uint8 channel
+    │   ├── DatatypeMismatch (400, 2001)         JPEG on a non-uint8 channel; a POSTed
+    │   │                                        body of another dtype
+    │   ├── DataDimensionMismatch (400, 2002)    a POSTed body that does not fit the box
     │   ├── DatatypeNotSupported (400, 2003)     filter= on an image channel
     │   ├── Unsupported4D (400, 2005)            JPEG with a time range
     │   └── UnsupportedVersion (400, 9003)       /v0.x/
     ├── NotFound (404, 2004)                     no such route
     │   └── ResourceNotFound (404, 4000)         no such collection / experiment / channel / frame
     ├── Unauthorized (401, 3004)                 server.tokens is set and the caller has none
-    ├── MethodNotAllowed (405, 1006)
+    ├── MethodNotAllowed (405, 1006)             TRACE; a write to a source that takes none
     ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
+    ├── UnsupportedMediaType (415, 1003)         a POSTed body that is not Blosc
     ├── RequestTooLarge (413, 2000)              over server.max_cutout_bytes, or more than the
     │                                            encoding can carry
     ├── Overloaded (503, 9001)                   at a limit: requests, connections, bytes in

@@ -18,7 +18,7 @@ from cloudvolume import CloudVolume
 from intern.remote.boss import BossRemote
 
 from .dvid_double import DvidDouble
-from .servers import RelayProcess, ThreadedServer, relay_over
+from .servers import RelayProcess, ThreadedServer, relay_over, write_config
 from .test_pyramid import reference_mean
 
 SHAPE_ZYX = (20, 150, 200)
@@ -132,8 +132,17 @@ def relay(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def chain(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
-    chain = Chain(tmp_path_factory.mktemp("chain"), stores.sources)
+def chain_stores(tmp_path_factory: pytest.TempPathFactory,
+                 dvid: tuple[DvidDouble, str]) -> Stores:
+    """Stores of the chain's own: a relay that neither shares a Redis tier with another nor
+    sits in its chain cannot know of the other's writes (docs/writes.md)."""
+    double, url = dvid
+    return Stores(tmp_path_factory.mktemp("chain-stores"), url, double)
+
+
+@pytest.fixture(scope="module")
+def chain(chain_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    chain = Chain(tmp_path_factory.mktemp("chain"), chain_stores.sources)
     yield chain
     chain.stop()
 
@@ -170,10 +179,12 @@ def read(relay: RelayProcess, kind: str, dtype: str, box: tuple[tuple[int, int],
 @pytest.mark.parametrize("via", ["one relay", "three relays"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_intern_round_trips_unaligned_boxes(kind: str, dtype: str, via: str, stores: Stores,
+def test_intern_round_trips_unaligned_boxes(kind: str, dtype: str, via: str,
                                             request: pytest.FixtureRequest) -> None:
-    relays = ([request.getfixturevalue("relay")] if via == "one relay"
+    one = via == "one relay"
+    relays = ([request.getfixturevalue("relay")] if one
               else request.getfixturevalue("chain").relays)
+    stores: Stores = request.getfixturevalue("stores" if one else "chain_stores")
     rng = np.random.default_rng([KINDS.index(kind), DTYPES.index(dtype), len(relays)])
     for _ in range(2):
         box = random_box(rng)
@@ -193,7 +204,7 @@ def test_intern_round_trips_unaligned_boxes(kind: str, dtype: str, via: str, sto
                                   stores.truth(kind, dtype, grown)), relay.url
 
 
-def test_derived_levels_follow_a_write(chain: Chain, stores: Stores) -> None:
+def test_derived_levels_follow_a_write(chain: Chain, chain_stores: Stores) -> None:
     """Level 1 of a single-scale store is made by the relays; a write drops what was made
     from the voxels it changed, at every hop."""
     whole = ((0, 200), (0, 150), (0, 20))
@@ -205,7 +216,7 @@ def test_derived_levels_follow_a_write(chain: Chain, stores: Stores) -> None:
     rmt = remote(chain.laptop)
     rmt.create_cutout(rmt.get_channel("u8", "zarr", "w"), 0, *[list(r) for r in box],
                       random_voxels(rng, (14, 89, 84), "uint8"))
-    expected = reference_mean(stores.truth("zarr", "uint8", whole), (2, 2, 1))
+    expected = reference_mean(chain_stores.truth("zarr", "uint8", whole), (2, 2, 1))
     for relay in chain.relays:
         assert np.array_equal(read(relay, "zarr", "uint8", half, res=1), expected), relay.url
 
@@ -235,3 +246,164 @@ def _blosc(array: np.ndarray) -> bytes:
     return bytes(blosc.compress(np.ascontiguousarray(array).tobytes(),
                                 typesize=array.dtype.itemsize * 8))
 
+
+
+# --- bad writes -----------------------------------------------------------------------------
+
+GOOD = "/v1/cutout/zarr/w/u8/0/10:50/20:60/2:6/"
+
+
+class _Exploit:
+    """A pickle that would run a command if it were unpickled freely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_writes(marker: Path) -> list[tuple[str, str, bytes, str, int, int]]:
+    import pickle
+
+    import blosc
+
+    good = np.ones((4, 40, 40), np.uint8)
+    exploit = blosc.compress(pickle.dumps(_Exploit(marker)), typesize=1)
+    return [
+        ("wrong length", GOOD, _blosc(np.ones((4, 40, 39), np.uint8)), "application/blosc",
+         400, 2002),
+        ("wrong dtype", GOOD, _blosc(good.astype(np.uint16)), "application/blosc", 400, 2001),
+        ("not a frame", GOOD, b"not blosc at all", "application/blosc", 400, 2002),
+        ("out of bounds", "/v1/cutout/zarr/w/u8/0/190:210/20:60/2:6/",
+         _blosc(np.ones((4, 40, 20), np.uint8)), "application/blosc", 400, 1001),
+        ("read-only source", "/v1/cutout/ro/w/u8/0/10:50/20:60/2:6/", _blosc(good),
+         "application/blosc", 405, 1006),
+        ("a derived level", "/v1/cutout/zarr/w/u8/1/10:50/20:60/2:6/", _blosc(good),
+         "application/blosc", 400, 1002),
+        ("a form a web page may send", GOOD, b"a=1", "application/x-www-form-urlencoded",
+         415, 1003),
+        ("no content type", GOOD, _blosc(good), "", 415, 1003),
+        ("a pickle naming something else", GOOD, exploit, "application/blosc-python",
+         400, 2002),
+        ("a pickle of the wrong dtype", GOOD, blosc.pack_array(good.astype(np.uint64)),
+         "application/blosc-python", 400, 2001),
+        ("a body larger than the box", GOOD,
+         _blosc(random_voxels(np.random.default_rng(5), (4, 200, 200), "uint8")),
+         "application/blosc", 413, 2000),
+        ("no such channel", "/v1/cutout/zarr/w/nope/0/10:50/20:60/2:6/", _blosc(good),
+         "application/blosc", 404, 4000),
+    ]
+
+
+def test_bad_writes_get_bossdb_errors_and_change_nothing(relay: RelayProcess, stores: Stores,
+                                                         tmp_path: Path) -> None:
+    box = ((10, 50), (20, 60), (2, 6))
+    grown = around(box)
+    before = stores.truth("zarr", "uint8", grown)
+    assert np.array_equal(read(relay, "zarr", "uint8", grown), before)
+    marker = tmp_path / "exploited"
+    with httpx.Client(base_url=relay.url) as client:
+        for what, url, body, content_type, status, code in _bad_writes(marker):
+            headers = {"Content-Type": content_type} if content_type else {}
+            response = client.post(url, content=body, headers=headers)
+            assert (response.status_code, response.json().get("code")) == (status, code), (
+                what, response.text)
+            assert response.json()["message"], what
+        # nothing changed: not the store, and not the cache (the cuboid is still a hit)
+        assert not marker.exists()
+        assert np.array_equal(stores.truth("zarr", "uint8", grown), before)
+        cuboid = client.get("/v1/cutout/zarr/w/u8/0/0:64/0:64/0:8/")
+        assert cuboid.headers["X-Cache"] == "HIT"
+    assert np.array_equal(read(relay, "zarr", "uint8", grown), before)
+
+
+def test_blosc_python_bodies_are_read_as_arrays(relay: RelayProcess, stores: Stores) -> None:
+    import blosc
+
+    new = random_voxels(np.random.default_rng(3), (3, 7, 11), "uint16")
+    response = httpx.post(f"{relay.url}/v1/cutout/zarr/w/u16/0/100:111/40:47/10:13/",
+                          content=blosc.pack_array(new),
+                          headers={"Content-Type": "application/blosc-python"})
+    assert response.status_code == 201, response.text
+    assert response.content == b""
+    assert np.array_equal(stores.truth("zarr", "uint16", ((100, 111), (40, 47), (10, 13))), new)
+
+
+def test_writes_need_a_token_when_the_relay_has_tokens(stores: Stores, tmp_path: Path) -> None:
+    relay = relay_over(tmp_path, stores.sources, tokens=["s3cret"]).start()
+    try:
+        body = _blosc(np.full((2, 3, 4), 9, np.uint8))
+        url = f"{relay.url}/v1/cutout/zarr/w/u8/0/150:154/100:103/12:14/"
+        headers = {"Content-Type": "application/blosc"}
+        refused = [
+            httpx.post(url, content=body, headers=headers),
+            httpx.post(url, content=body, headers={**headers, "Authorization": "Token wrong"}),
+            # the cookie a browser gets from /?token= opens reads only, never writes
+            httpx.post(url, content=body, headers={**headers, "Cookie": "relay_token=s3cret"}),
+        ]
+        before = stores.truth("zarr", "uint8", ((150, 154), (100, 103), (12, 14)))
+        for response in refused:
+            assert response.status_code == 401, response.text
+            assert response.json()["code"] == 3004
+        assert not (before == 9).all()
+        accepted = httpx.post(url, content=body,
+                              headers={**headers, "Authorization": "Token s3cret"})
+        assert accepted.status_code == 201, accepted.text
+        assert (stores.truth("zarr", "uint8", ((150, 154), (100, 103), (12, 14))) == 9).all()
+    finally:
+        relay.stop()
+
+
+# --- a fleet ----------------------------------------------------------------------------------
+
+
+def _fleet_store(root: Path, initial: np.ndarray) -> dict[str, Any]:
+    array = zarr.create_array(str(root / "fleet.zarr"), shape=initial.shape, chunks=CHUNK_ZYX,
+                              dtype=initial.dtype, zarr_format=3)
+    array[:] = initial
+    return {"collection": "fleet", "experiment": "w", "channel": "u16", "kind": "zarr",
+            "url": (root / "fleet.zarr").as_uri(), "voxel_size": [4, 4, 40],
+            "writable": True, "cuboid": CUBOID}
+
+
+def test_a_relay_sharing_the_redis_tier_serves_a_write_at_once(tmp_path: Path,
+                                                                redis_url: str) -> None:
+    """Two relays, one Redis (a single server, then a Cluster): what B holds in memory of a
+    box A writes is not served after A's 201."""
+    rng = np.random.default_rng(17)
+    initial = random_voxels(rng, SHAPE_ZYX, "uint16")
+    source = _fleet_store(tmp_path, initial)
+    prefix = f"writes-{tmp_path.name}:"
+    relays = [RelayProcess(["--config", str(write_config(
+        tmp_path / f"{name}.yaml", [source], tmp_path / f"{name}-cache", redis_url=redis_url,
+        redis_prefix=prefix))], log=tmp_path / f"{name}.log").start() for name in ("a", "b")]
+    a, b = relays
+    try:
+        box = ((30, 95), (12, 70), (3, 15))
+        url = "/v1/cutout/fleet/w/u16/0/{}:{}/{}:{}/{}:{}/".format(*box[0], *box[1], *box[2])
+        with httpx.Client(base_url=b.url) as client:
+            for _ in range(2):
+                warm = client.get(url)
+            assert warm.headers["X-Cache"] == "HIT"  # B serves it from its own memory
+        assert np.array_equal(_decoded(warm.content, "uint16", box),
+                              initial[3:15, 12:70, 30:95])
+        new = random_voxels(rng, (12, 58, 65), "uint16")
+        created = httpx.post(a.url + url, content=_blosc(new),
+                             headers={"Content-Type": "application/blosc"})
+        assert created.status_code == 201, created.text
+        for relay in (b, a):
+            got = httpx.get(relay.url + url)
+            assert np.array_equal(_decoded(got.content, "uint16", box), new), relay.url
+    finally:
+        for relay in relays:
+            relay.stop()
+
+
+def _decoded(body: bytes, dtype: str, box: tuple[tuple[int, int], ...]) -> np.ndarray:
+    import blosc
+
+    shape = tuple(hi - lo for lo, hi in box[::-1])
+    return np.frombuffer(blosc.decompress(body), dtype=dtype).reshape(shape)

@@ -309,8 +309,11 @@ async def post_cutout(
     ntimes = len(times) if times is not None else 1
     nbytes = cutout_nbytes(box, ntimes, info.dtype)
     check_size(request, nbytes)
-    # a Blosc frame is its voxels and a little framing at most (a pickle a little more)
-    limit = nbytes + nbytes // 64 + 64 * 1024
+    # A Blosc frame is its voxels and a little framing at most (a pickle a little more).
+    # Voxels of the widest dtype are let in, so a body of the wrong dtype is told as such
+    # (2001), not as too large; never more than the largest cutout.
+    widest = min(box.voxels * ntimes * 8, int(request.app.state.settings.server.max_cutout_bytes))
+    limit = max(nbytes, widest) + max(nbytes, widest) // 16 + 64 * 1024
     budget: ByteBudget = request.app.state.budget
     reservation = budget.try_reserve(limit + nbytes) or await budget.reserve(limit + nbytes)
     try:

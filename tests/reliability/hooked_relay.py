@@ -9,6 +9,10 @@ with one seam replaced, and production code carries no test switches.
     line to the FIFO and blocks for good: the test SIGKILLs the process there. A negative
     FRACTION announces at the start of the N-th write and carries on, so the kill lands at a
     random later point (mid-file, in SQLite's commit, between writes).
+``RELAY_HOOK_STORE_KILL_AT="N:FIFO"``
+    The N-th chunk file a local zarr store writes (zarr's ``_put``: a cutout POSTed to a
+    writable source) is not written: the hook writes one line to the FIFO and blocks for good,
+    so the test SIGKILLs the relay with the store part written.
 ``RELAY_HOOK_WRITE_ERROR="ENOSPC"`` (or ``EROFS``, ``EIO``)
     Every value-file write fails with that errno: ENOSPC and EIO after half the bytes are on
     disk (a disk filling up), EROFS when the file is opened (a file system remounted
@@ -28,6 +32,7 @@ from typing import Any
 import diskcache
 
 KILL_AT = "RELAY_HOOK_KILL_AT"
+STORE_KILL_AT = "RELAY_HOOK_STORE_KILL_AT"
 WRITE_ERROR = "RELAY_HOOK_WRITE_ERROR"
 
 _writes = itertools.count(1)
@@ -80,6 +85,24 @@ def _write_error(name: str) -> Any:
     return write
 
 
+def _store_kill_at(spec: str) -> None:
+    import zarr.storage._local as local
+
+    target_text, fifo = spec.split(":", 1)
+    target, original = int(target_text), local._put
+    puts = itertools.count(1)
+
+    def put(path: Any, value: Any, exclusive: bool = False) -> int:
+        with _lock:
+            count = next(puts)
+        if count == target:
+            _announce(fifo)
+            threading.Event().wait()  # until SIGKILL
+        return int(original(path, value, exclusive))
+
+    local._put = put
+
+
 def _announce(fifo: str) -> None:
     with open(fifo, "w") as out:
         out.write("writing\n")
@@ -88,6 +111,8 @@ def _announce(fifo: str) -> None:
 def install() -> None:
     if spec := os.environ.get(KILL_AT):
         diskcache.Disk._write = _kill_at(spec)
+    if spec := os.environ.get(STORE_KILL_AT):
+        _store_kill_at(spec)
     if name := os.environ.get(WRITE_ERROR):
         diskcache.Disk._write = _write_error(name)
 
