@@ -28,7 +28,8 @@ class TestBossReadingARelay(ServesOnLoopback, UpstreamSuite):
         _write_ome(path, levels, voxel_size, offset, zarr_format=3)
         inner = Settings(
             sources=[{"collection": REF.collection, "experiment": REF.experiment,
-                      "channel": REF.channel, "kind": "zarr", "url": path.as_uri()}],
+                      "channel": REF.channel, "kind": "zarr", "url": path.as_uri(),
+                      "writable": True}],
             cache={"disk_dir": None},
         )
         return {"url": self.serve(create_app(inner)), "retries": 0, "timeout": 20}

@@ -17,6 +17,8 @@ from .test_upstreams import TestPrecomputed, _write_ome
 
 
 class _OverHttp:
+    read_only_store = True  # HTTP has no way to write zarr or precomputed
+
     @pytest.fixture(autouse=True)
     def _static(self, tmp_path: Path) -> Iterator[None]:
         with StaticFileServer(tmp_path) as server:

@@ -3,7 +3,8 @@
 A subclass names its ``kind`` and implements ``write_store``: write the given level arrays
 (Z,Y,X, level 0 first, each level halved in x and y) into the backend's own storage under
 ``path`` and return the source settings (``url`` and any kind-specific keys) that open it.
-The suite then reads through the upstream and compares every voxel with those arrays.
+The suite then reads through the upstream and compares every voxel with those arrays, and,
+for a kind that takes writes, writes unaligned boxes and reads them back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from ..config import SourceSettings
-from ..errors import RelayError, UpstreamError
+from ..errors import MethodNotAllowed, RelayError, UpstreamError
 from ..geometry import Box, Vec3
 from ..model import ChannelRef
 from ..planner import plan
@@ -69,6 +70,15 @@ class UpstreamSuite(ABC):
     #: how much coarser each level is per axis (x, y, z): (2, 2, 1) anisotropic, (2, 2, 2)
     #: isotropic (then ``offset`` must divide by 2^(levels-1))
     pyramid: ClassVar[tuple[int, int, int]] = (2, 2, 1)
+
+    #: a kind that takes writes (``Upstream.writes``) but whose store, as the subclass makes
+    #: it, cannot (zarr or precomputed read over HTTP): a write must then be a clear 405
+    read_only_store: ClassVar[bool] = False
+
+    def writable_levels(self, dtype: str) -> range:
+        """The levels the store takes writes at (all, unless the backend makes its coarser
+        levels itself, as DVID does for label instances)."""
+        return range(self.levels)
 
     @abstractmethod
     def write_store(
@@ -195,6 +205,39 @@ class UpstreamSuite(ABC):
         info = await upstream.channel_info(REF)
         with pytest.raises(RelayError):
             await upstream.read(REF, len(info.levels), info.levels[0].bounds)
+
+    async def test_writes_read_back_and_change_nothing_else(
+        self, source: SourceSettings, truth: list[np.ndarray], origin: tuple[int, int, int],
+        dtype: str,
+    ) -> None:
+        """Unaligned boxes written at every level the store takes writes at read back as
+        written, and every other voxel of the level is what it was; a kind or store that takes
+        none says so with 405."""
+        upstream = registry.create(source.model_copy(update={"writable": True}))
+        try:
+            info = await upstream.channel_info(REF)
+            first = info.levels[0].bounds
+            if not upstream.writes or self.read_only_store:
+                with pytest.raises(MethodNotAllowed):
+                    await upstream.write(REF, 0, first, np.zeros(first.shape_zyx, dtype))
+                return
+            rng = np.random.default_rng(9)
+            for r in self.writable_levels(dtype):
+                level = info.levels[r]
+                expected = truth[r].copy()
+                start = Vec3(*level_offset(origin, r, self.pyramid))
+                lo, hi = np.array(level.bounds.start), np.array(level.bounds.stop)
+                for _ in range(3):
+                    a = rng.integers(lo, hi)
+                    b = rng.integers(a + 1, np.minimum(hi, a + 40) + 1)
+                    box = Box(Vec3(*map(int, a)), Vec3(*map(int, b)))
+                    data = ground_truth(dtype, 1, box.shape_zyx, seed=int(rng.integers(99)))[0]
+                    await upstream.write(REF, r, box, data)
+                    expected[box.zyx_slices(start)] = data
+                np.testing.assert_array_equal(await self._read(upstream, r, level.bounds),
+                                              expected)
+        finally:
+            await upstream.aclose()
 
     async def test_missing_store_is_an_upstream_error(self, source: SourceSettings,
                                                       tmp_path: Path) -> None:

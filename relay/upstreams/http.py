@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import json
 import ssl
 import time
@@ -284,8 +285,10 @@ class HttpPool:
 
         async def attempt() -> Reply:
             try:
+                # a stream, made afresh for each try: aiohttp copies raw bytes on the loop
+                data = io.BytesIO(body) if body is not None else None
                 async with session.request(method, target, headers=headers, params=params,
-                                           data=body, allow_redirects=False) as answer:
+                                           data=data, allow_redirects=False) as answer:
                     # an error page is read only as far as its message is shown
                     cap = max_bytes if answer.status < 300 else METADATA_MAX_BYTES
                     response = Reply(answer.status,

@@ -178,6 +178,9 @@ class PrecomputedUpstream(Upstream):
                     token: str | None = None) -> None:
         volumes, info = await self._open()
         self.check_level(level, len(info.levels))
+        if urlsplit(self._cloudpath.removeprefix(_PREFIX)).scheme in ("http", "https"):
+            raise MethodNotAllowed(f"{self.where} is read over HTTP, which has no way to write "
+                                   "chunks; point url: at a local path, gs:// or s3:// to write")
         volume = volumes[level]
         encoding = volume.meta.encoding(level)
         if encoding not in _LOSSLESS:
