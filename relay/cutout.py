@@ -390,7 +390,7 @@ class CutoutService:
                 raise
             self.metrics.inc("stale_served_total")
             return _Loaded(data, age, None, "stale", wall_clock() - age)
-        if use_cache:
+        if use_cache and stored is not None:  # (None: read while a write was under way)
             self.decoded.put(key, (data, fetched_at))
         return _Loaded(data, None, stored, where, fetched_at)
 
@@ -450,6 +450,13 @@ class CutoutService:
         packed = None
         if use_cache:
             assert self.cache is not None
+            if (channel.source.writable and self.cache.versioned
+                    and not await self.cache.settled(key)):
+                # a write of this cuboid began on a relay of the fleet while it was read, or
+                # is under way (its writer may have died): answered, never cached
+                self.metrics.inc("write_raced_reads_total")
+                await self.cache.end_lease(key)
+                return data, fetched_at, None, where
             if frame is not None:
                 packed = pack_frame(frame, data.shape, data.dtype, fetched_at)
             else:

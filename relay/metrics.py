@@ -63,6 +63,8 @@ COUNTERS: dict[str, str] = {
     "writes_total": "Cutouts written to a store (POST answered 201)",
     "write_errors_total": "Cutout writes the store (or the fleet's shared tier) refused or failed",
     "write_invalidated_total": "Cached cuboids dropped because a write touched them",
+    "write_raced_reads_total": "Cuboids read while a write of them was under way in the "
+                               "fleet: answered, not cached",
     "versions_unknown_total": "Reads of a writable source in a fleet whose Redis could not "
                               "say which cached copies are current (read afresh)",
     "mesh_manifests_total": "Mesh manifests made from the label index",

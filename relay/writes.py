@@ -12,10 +12,12 @@ of this again). Around it, on this relay:
    cuboids and every tier (a pending write-behind lands first, then is deleted). In a fleet
    (a shared Redis tier), each one's version is also bumped, which makes every other relay's
    copy unreachable: those relays cache a writable source's cuboids under key and version,
-   and read the versions from Redis with each request (``CutoutService.versioned``);
+   and read the versions from Redis with each request (``CutoutService.versioned``); and each
+   is marked as being written, with an expiry, so no relay caches what it reads of them until
+   the write is done (nor ever, should this relay die mid-write: the store may then hold the
+   box half written, and only the store is to be trusted);
 3. the store is written;
-4. in a fleet, the versions are bumped once more: another relay may have read the store while
-   it was being written, and cached what it saw under the version of step 2;
+4. in a fleet, the versions are bumped once more and the marks cleared;
 5. 201.
 
 Dropping before the store write (not only after) is what makes a kill -9 at any point safe:
@@ -108,7 +110,11 @@ class WriteService:
             self.metrics.inc("write_invalidated_total", len(keys))
             if fleet:
                 assert cache is not None
-                if not await cache.bump(keys):
+                # marked as being written for as long as the write may take: a relay of the
+                # fleet caches nothing it reads of these cuboids meanwhile, nor after, should
+                # this relay die before the write is done (the mark then expires)
+                bound = 2 * channel.source.timeout * len(request.times) + 10
+                if not await cache.bump(keys, writing_for=bound):
                     self.metrics.inc("write_errors_total")
                     raise UpstreamUnavailable(
                         "The fleet's shared tier (Redis) cannot be reached: a write now would "

@@ -62,8 +62,19 @@ class Versioned(Protocol):
         """Each key's version (0 when never bumped); None when the tier cannot be asked."""
         ...
 
-    async def bump(self, keys: Sequence[str]) -> bool:
-        """Add one to each key's version; False when the tier could not be told."""
+    async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
+        """Add one to each key's version; with ``writing_for``, mark the keys as being written
+        for at most that many seconds (a writer killed mid-write leaves the mark to expire),
+        else clear the mark. False when the tier could not be told."""
+        ...
+
+    async def settled(self, key: str, version: int) -> bool:
+        """May what was read of ``key`` under ``version`` be cached: is that still its version,
+        with no write of it under way? False when the tier cannot say."""
+        ...
+
+    async def end_lease(self, key: str) -> None:
+        """End a lease taken by ``lease`` without storing a value."""
         ...
 
 

@@ -268,12 +268,17 @@ class RedisTier(CacheTier):
             return None
         return [int(v) if v is not None and v.isdigit() else 0 for v in found]
 
-    async def bump(self, keys: Sequence[str]) -> bool:
+    async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
         async def incr() -> None:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
+                value_key = self._keys(key)[0]
                 # no expiry: a version that vanished would bring an old copy back to life
-                pipe.incr(self._keys(key)[0] + ":ver")
+                pipe.incr(value_key + ":ver")
+                if writing_for is not None:
+                    pipe.set(value_key + ":writing", b"1", px=max(1, int(writing_for * 1000)))
+                else:
+                    pipe.delete(value_key + ":writing")
             await pipe.execute()
 
         try:
@@ -281,6 +286,26 @@ class RedisTier(CacheTier):
         except Exception:
             return False
         return True
+
+    async def settled(self, key: str, version: int) -> bool:
+        value_key = self._keys(key)[0]
+
+        async def look() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(value_key + ":ver")
+            pipe.exists(value_key + ":writing")
+            return list(await pipe.execute())
+
+        try:
+            found, writing = await self._call(look)
+        except Exception:
+            return False
+        return int(found or 0) == version and not writing
+
+    async def end_lease(self, key: str) -> None:
+        """End this process's lease of ``key`` without storing a value (what it read may not
+        be cached): the relays waiting for it read for themselves at once."""
+        await self._end_lease(key)
 
     async def entries(self) -> AsyncIterator[tuple[str, int]]:
         # every value key under the prefix (leases are skipped), with its length; glob

@@ -150,18 +150,31 @@ class TieredCache(CacheTier):
     async def versions(self, keys: Sequence[str]) -> list[int] | None:
         """The fleet's write version of each key (0: never written), or None when the
         shared tier cannot say (it is down: nothing cached may be trusted for them)."""
-        assert self._shared is not None
-        tier = self._shared[1]
-        assert isinstance(tier, Versioned)
-        return await tier.versions(keys)
+        return await self._versioned().versions(keys)
 
-    async def bump(self, keys: Sequence[str]) -> bool:
-        """Make every relay of the fleet read ``keys`` afresh (see ``versions``); False when
-        the shared tier could not be told."""
+    def _versioned(self) -> Versioned:
         assert self._shared is not None
         tier = self._shared[1]
         assert isinstance(tier, Versioned)
-        return await tier.bump(keys)
+        return tier
+
+    async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
+        """Make every relay of the fleet read ``keys`` afresh (see ``versions``), marked as
+        being written for ``writing_for`` seconds or no longer; False when the shared tier
+        could not be told."""
+        return await self._versioned().bump(keys, writing_for)
+
+    async def settled(self, versioned_key: str) -> bool:
+        """May the value just read for ``versioned_key`` (a key and its version, as
+        ``CutoutService.versioned`` makes them) be cached? Not when a write of it has begun
+        since, or is under way (see ``Versioned.settled``)."""
+        key, _, version = versioned_key.rpartition("@")
+        if not key:
+            key, version = versioned_key, "0"
+        return await self._versioned().settled(key, int(version))
+
+    async def end_lease(self, key: str) -> None:
+        await self._versioned().end_lease(key)
 
     async def drain(self) -> None:
         """Wait for every write-behind to land (shutdown, tests)."""

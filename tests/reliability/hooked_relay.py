@@ -9,10 +9,14 @@ with one seam replaced, and production code carries no test switches.
     line to the FIFO and blocks for good: the test SIGKILLs the process there. A negative
     FRACTION announces at the start of the N-th write and carries on, so the kill lands at a
     random later point (mid-file, in SQLite's commit, between writes).
-``RELAY_HOOK_STORE_KILL_AT="N:FIFO"``
+``RELAY_HOOK_STORE_KILL_AT="N:FIFO"`` (or ``"N:FIFO:after"``)
     The N-th chunk file a local zarr store writes (zarr's ``_put``: a cutout POSTed to a
-    writable source) is not written: the hook writes one line to the FIFO and blocks for good,
-    so the test SIGKILLs the relay with the store part written.
+    writable source) is not written (with ``after``: is written): the hook writes one line to
+    the FIFO and blocks for good, so the test SIGKILLs the relay with the store part written
+    (or the store written and the relay's own work after it not done).
+``RELAY_HOOK_STORE_PAUSE_AT="M:OUT:IN"``
+    Before the M-th chunk file, one line to the FIFO ``OUT``, then wait for a line on ``IN``:
+    the test does something while the write is under way, then lets it go on.
 ``RELAY_HOOK_WRITE_ERROR="ENOSPC"`` (or ``EROFS``, ``EIO``)
     Every value-file write fails with that errno: ENOSPC and EIO after half the bytes are on
     disk (a disk filling up), EROFS when the file is opened (a file system remounted
@@ -33,6 +37,7 @@ import diskcache
 
 KILL_AT = "RELAY_HOOK_KILL_AT"
 STORE_KILL_AT = "RELAY_HOOK_STORE_KILL_AT"
+STORE_PAUSE_AT = "RELAY_HOOK_STORE_PAUSE_AT"
 WRITE_ERROR = "RELAY_HOOK_WRITE_ERROR"
 
 _writes = itertools.count(1)
@@ -85,20 +90,29 @@ def _write_error(name: str) -> Any:
     return write
 
 
-def _store_kill_at(spec: str) -> None:
+def _store_hooks(kill: str | None, pause: str | None) -> None:
     import zarr.storage._local as local
 
-    target_text, fifo = spec.split(":", 1)
-    target, original = int(target_text), local._put
+    kill_at, kill_fifo, when = ((kill + "::").split(":")[:3] if kill else ("0", "", ""))
+    pause_at, out, into = (pause.split(":", 2) if pause else ("0", "", ""))
+    original = local._put
     puts = itertools.count(1)
 
     def put(path: Any, value: Any, exclusive: bool = False) -> int:
         with _lock:
             count = next(puts)
-        if count == target:
-            _announce(fifo)
+        if count == int(pause_at):
+            _announce(out)
+            with open(into) as go_on:
+                go_on.readline()
+        if count == int(kill_at) and when != "after":
+            _announce(kill_fifo)
             threading.Event().wait()  # until SIGKILL
-        return int(original(path, value, exclusive))
+        written = int(original(path, value, exclusive))
+        if count == int(kill_at):
+            _announce(kill_fifo)
+            threading.Event().wait()
+        return written
 
     local._put = put
 
@@ -111,8 +125,8 @@ def _announce(fifo: str) -> None:
 def install() -> None:
     if spec := os.environ.get(KILL_AT):
         diskcache.Disk._write = _kill_at(spec)
-    if spec := os.environ.get(STORE_KILL_AT):
-        _store_kill_at(spec)
+    if os.environ.get(STORE_KILL_AT) or os.environ.get(STORE_PAUSE_AT):
+        _store_hooks(os.environ.get(STORE_KILL_AT), os.environ.get(STORE_PAUSE_AT))
     if name := os.environ.get(WRITE_ERROR):
         diskcache.Disk._write = _write_error(name)
 

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import blosc
 import httpx
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..servers import RelayProcess, write_config
 from .conftest import CUBOID_XYZ, NoiseStore, decode, hooked_relay
-from .hooked_relay import STORE_KILL_AT
+from .hooked_relay import STORE_KILL_AT, STORE_PAUSE_AT
 
 #: a box across 2 × 2 × 2 store chunks (64 × 64 × 16 each) of four cuboids, unaligned
 BOX = ((40, 150), (30, 100), (10, 30))
@@ -59,7 +60,10 @@ async def test_kill_9_mid_store_write_leaves_no_stale_cuboid(noise: NoiseStore,
     fifo = tmp_path / "hook.fifo"
     os.mkfifo(fifo)
     before = _store(noise)
-    relay = hooked_relay(config, {STORE_KILL_AT: f"3:{fifo}"}, log=tmp_path / "hooked.log")
+    # one chunk at a time (zarr writes several at once by default): chunks 1 and 2 are
+    # whole in the store when the kill lands, and the rest are not
+    relay = hooked_relay(config, {STORE_KILL_AT: f"3:{fifo}", "ZARR_ASYNC__CONCURRENCY": "1"},
+                         log=tmp_path / "hooked.log")
     relay.start()
     (x0, x1), (y0, y1), (z0, z1) = BOX
     new = np.full((z1 - z0, y1 - y0, x1 - x0), 0, np.uint8)  # the noise is never 0
@@ -100,3 +104,66 @@ async def test_kill_9_mid_store_write_leaves_no_stale_cuboid(noise: NoiseStore,
         final[z0:z1, y0:y1, x0:x1] = 0
         assert await _read_all(restarted, noise, final) == 0
     assert np.array_equal(_store(noise), final)
+
+
+#: the zarr chunk files a write of BOX replaces (3 × 2 × 2 chunks of 64 × 64 × 16)
+BOX_CHUNKS = 12
+
+
+async def test_a_fleet_writer_killed_after_its_store_write_leaves_no_stale_copy(
+        noise: NoiseStore, tmp_path: Path, redis_server: Any) -> None:
+    """Relay A writes, relay B shares its Redis. B reads the box while A's write is under way
+    (before A has written a chunk), A writes the store and is killed before it can tell the
+    fleet it is done. B must not have kept what it read: neither in its memory, nor in Redis
+    (a relay C started afterwards reads through it)."""
+    source = {**noise.source, "writable": True}
+
+    def config(name: str) -> Path:
+        return write_config(tmp_path / f"{name}.yaml", [source], tmp_path / f"{name}-cache",
+                            redis_url=redis_server.url, redis_prefix=f"crash-{tmp_path.name}:")
+
+    killed, paused, resume = (tmp_path / f"{n}.fifo" for n in ("killed", "paused", "resume"))
+    for fifo in (killed, paused, resume):
+        os.mkfifo(fifo)
+    before = _store(noise)
+    a = hooked_relay(config("a"), {STORE_KILL_AT: f"{BOX_CHUNKS}:{killed}:after",
+                                   STORE_PAUSE_AT: f"1:{paused}:{resume}",
+                                   "ZARR_ASYNC__CONCURRENCY": "1"}, log=tmp_path / "a.log")
+    b = RelayProcess(["--config", str(config("b"))], log=tmp_path / "b.log")
+    (x0, x1), (y0, y1), (z0, z1) = BOX
+    new = np.full((z1 - z0, y1 - y0, x1 - x0), 5, np.uint8)
+    a.start()
+    b.start()
+    try:
+        assert await _read_all(b, noise, before) == 0  # B holds every cuboid, and so does Redis
+
+        def post() -> None:
+            with contextlib.suppress(httpx.TransportError):  # A is killed under it
+                httpx.post(f"{a.url}/v1/cutout/rel/noise/img/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/",
+                           content=blosc.compress(new.tobytes(), typesize=8),
+                           headers={"Content-Type": "application/blosc"}, timeout=60)
+
+        writer = threading.Thread(target=post)
+        writer.start()
+        with open(paused) as announced:  # A is about to write its first chunk
+            assert announced.readline() == "writing\n"
+        # B reads the store as it still is, under the versions A's write has just bumped
+        assert await _read_all(b, noise, before) == 0
+        with open(resume, "w") as go_on:
+            go_on.write("go\n")
+        with open(killed) as announced:  # A has written every chunk, and is stopped there
+            assert announced.readline() == "writing\n"
+        assert a.process is not None
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+        writer.join(60)
+        after = _store(noise)
+        assert (after[z0:z1, y0:y1, x0:x1] == 5).all()
+        assert await _read_all(b, noise, after) == 0
+        with RelayProcess(["--config", str(config("c"))]) as c:
+            assert await _read_all(c, noise, after) == 0
+    finally:
+        if a.process is not None and a.process.poll() is None:
+            a.process.kill()
+            a.process.wait()
+        b.stop()
