@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blosc
 import httpx
 import numpy as np
 import pytest
@@ -241,8 +242,6 @@ def test_a_locked_dvid_node_refuses_and_nothing_changes(relay: RelayProcess,
 
 
 def _blosc(array: np.ndarray) -> bytes:
-    import blosc
-
     return bytes(blosc.compress(np.ascontiguousarray(array).tobytes(),
                                 typesize=array.dtype.itemsize * 8))
 
@@ -267,8 +266,6 @@ class _Exploit:
 
 def _bad_writes(marker: Path) -> list[tuple[str, str, bytes, str, int, int]]:
     import pickle
-
-    import blosc
 
     good = np.ones((4, 40, 40), np.uint8)
     exploit = blosc.compress(pickle.dumps(_Exploit(marker)), typesize=1)
@@ -321,8 +318,6 @@ def test_bad_writes_get_bossdb_errors_and_change_nothing(relay: RelayProcess, st
 
 
 def test_blosc_python_bodies_are_read_as_arrays(relay: RelayProcess, stores: Stores) -> None:
-    import blosc
-
     new = random_voxels(np.random.default_rng(3), (3, 7, 11), "uint16")
     response = httpx.post(f"{relay.url}/v1/cutout/zarr/w/u16/0/100:111/40:47/10:13/",
                           content=blosc.pack_array(new),
@@ -403,7 +398,41 @@ def test_a_relay_sharing_the_redis_tier_serves_a_write_at_once(tmp_path: Path,
 
 
 def _decoded(body: bytes, dtype: str, box: tuple[tuple[int, int], ...]) -> np.ndarray:
-    import blosc
-
     shape = tuple(hi - lo for lo, hi in box[::-1])
     return np.frombuffer(blosc.decompress(body), dtype=dtype).reshape(shape)
+
+
+def test_a_time_range_writes_every_sample_of_it(tmp_path: Path) -> None:
+    """A 4-D POST (a time range in the URL, T,Z,Y,X voxels) into a t,c,z,y,x OME-Zarr: each
+    sample goes to its own time index, and the other samples are untouched."""
+    group = zarr.open_group(str(tmp_path / "series.ome.zarr"), mode="w", zarr_format=3)
+    rng = np.random.default_rng(23)
+    initial = random_voxels(rng, (4, 2, 12, 40, 50), "uint16")  # t, c, z, y, x
+    group.create_array("0", shape=initial.shape, chunks=(1, 1, 4, 16, 16),
+                       dtype="uint16")[:] = initial
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": {"t": "time", "c": "channel"}.get(a, "space")}
+                 for a in "tczyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 40.0, 4.0, 4.0]}]}]}]}
+    source = {"collection": "ts", "experiment": "w", "channel": "c1", "kind": "zarr",
+              "url": (tmp_path / "series.ome.zarr").as_uri(), "channel_index": 1,
+              "writable": True}
+    relay = relay_over(tmp_path, [source]).start()
+    try:
+        new = random_voxels(rng, (2, 5, 20, 30), "uint16")
+        url = f"{relay.url}/v1/cutout/ts/w/c1/0/7:37/9:29/3:8/1:3/"
+        created = httpx.post(url, content=_blosc(new),
+                             headers={"Content-Type": "application/blosc"})
+        assert created.status_code == 201, created.text
+        expected = initial.copy()
+        expected[1:3, 1, 3:8, 9:29, 7:37] = new
+        stored = np.asarray(zarr.open_array(str(tmp_path / "series.ome.zarr" / "0"),
+                                            mode="r")[:])
+        assert np.array_equal(stored, expected)
+        got = httpx.get(f"{relay.url}/v1/cutout/ts/w/c1/0/0:50/0:40/0:12/0:4/")
+        assert np.array_equal(
+            np.frombuffer(blosc.decompress(got.content), "uint16").reshape(
+                4, 12, 40, 50), expected[:, 1])
+    finally:
+        relay.stop()
