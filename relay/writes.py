@@ -23,7 +23,9 @@ of this again). Around it, on this relay:
 Dropping before the store write (not only after) is what makes a kill -9 at any point safe:
 what the caches hold of the box afterwards is the old voxels only where the store still has
 them too. A write that fails leaves the store as the store leaves it; the caches then hold
-nothing of the box, so the next read asks the store what it holds. Meshes of a writable source
+nothing of the box, so the next read asks the store what it holds. A write refused for what
+the store is (read over HTTP, lossy, a locked DVID node; ``Upstream.check_write``) is refused
+before anything is dropped. Meshes of a writable source
 are never cached (``relay.meshes``), so none can outlive the voxels it was made from.
 """
 
@@ -103,6 +105,8 @@ class WriteService:
         channel = request.channel
         self.check(channel, request.resolution)
         cutouts, cache = self.cutouts, self.cutouts.cache
+        # what the store is refuses a write before anything cached is dropped
+        await channel.upstream.check_write(channel.ref, request.resolution)
         keys = self.touched(request)
         fleet = cache is not None and cache.versioned and channel.source.cache
         async with cutouts.gates(channel_prefix(channel)).writing():

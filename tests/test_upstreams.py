@@ -203,3 +203,22 @@ async def test_uint32_store_is_refused_with_a_clear_error(tmp_path: Path) -> Non
                             url=str(tmp_path / "a"))
     with pytest.raises(ConfigError, match="uint32 has no BossDB equivalent"):
         await registry.create(source).channel_info(ChannelRef("c", "e", "ch"))
+
+
+class TestZarrInAnFsspecStore(UpstreamSuite):
+    """A zarr store reached through fsspec, as s3:// and gs:// are (here fsspec's in-memory
+    filesystem, which needs no network): read, and written through the same store class."""
+
+    kind = "zarr"
+
+    def write_store(self, path: Path, levels: list[np.ndarray],
+                    voxel_size: tuple[float, float, float],
+                    offset: tuple[int, int, int]) -> dict[str, Any]:
+        import uuid
+
+        import fsspec
+
+        _write_ome(path, levels, voxel_size, offset, zarr_format=3)
+        remote = f"/suite-{uuid.uuid4().hex}/store.ome.zarr"
+        fsspec.filesystem("memory").put(str(path), remote, recursive=True)
+        return {"url": f"memory://{remote}"}

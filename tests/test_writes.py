@@ -238,6 +238,9 @@ def test_a_locked_dvid_node_refuses_and_nothing_changes(relay: RelayProcess,
     assert response.status_code == 400, response.text
     assert "locked" in response.json()["message"]
     assert np.array_equal(stores.truth("dvid", "uint8", box), before)
+    # refused before anything was dropped: the cuboids are still cached
+    cuboid = httpx.get(f"{relay.url}/v1/cutout/dvid/w/u8/0/0:64/0:64/0:8/")
+    assert cuboid.headers["X-Cache"] == "HIT"
     assert np.array_equal(read(relay, "dvid", "uint8", box), before)
 
 

@@ -185,11 +185,20 @@ class Upstream(ABC):
     #: can this kind write cutouts into its store (``write``)?
     writes: ClassVar[bool] = False
 
+    async def check_write(self, ref: ChannelRef, level: int) -> None:
+        """Raise (405, or the store's own refusal) when a write to ``level`` would be refused
+        for what the store is (read over HTTP, lossy, a locked DVID node…): asked before the
+        relay drops anything it caches, so such a refusal changes nothing. ``write`` asks it
+        too."""
+        if not self.writes:
+            raise MethodNotAllowed(f"a {self.kind} source cannot take writes")
+
     async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
                     token: str | None = None) -> None:
         """Write the Z,Y,X voxels ``data`` (the channel's dtype, ``box``'s shape; the box is
         inside the level's bounds but need not be aligned to anything) at time ``t``; return
         once the store holds them. A store that refuses says why with a ``RelayError``."""
+        await self.check_write(ref, level)
         raise MethodNotAllowed(f"a {self.kind} source cannot take writes")
 
     def forget(self, ref: ChannelRef) -> None:  # noqa: B027 - optional hook

@@ -263,13 +263,22 @@ class DvidUpstream(Upstream):
     def forget(self, ref: ChannelRef) -> None:
         self._opened.pop(self._instance_name(ref), None)
 
-    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
-                    token: str | None = None) -> None:
+    async def check_write(self, ref: ChannelRef, level: int) -> None:
         opened = await self._open(ref)
         self.check_level(level, len(opened.instances))
         if opened.scaled and level > 0:
             raise MethodNotAllowed(f"{self._where}: DVID makes scale {level} of a label "
                                    "instance from scale 0 itself; write resolution 0")
+        # asked afresh: a node is locked (committed) at any time, and then refuses mutations
+        status = await self._get_json(f"node/{opened.node}/status")
+        if isinstance(status, dict) and status.get("Locked") is True:
+            raise BadRequest(f"DVID: node {opened.node} is locked (committed): it takes no "
+                             "writes; write to a child node (a new version) instead")
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        await self.check_write(ref, level)
+        opened = await self._open(ref)
         instance = opened.instances[level]
         # asked afresh: the block size decides which voxels a POST replaces
         held = await self._get_json(f"node/{opened.node}/{instance}/info")

@@ -174,21 +174,26 @@ class PrecomputedUpstream(Upstream):
         data = await self.guarded(lambda: self.worker.call(download), f"read failed for {ref}")
         return data.astype(info.dtype, copy=False)
 
-    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
-                    token: str | None = None) -> None:
+    async def check_write(self, ref: ChannelRef, level: int) -> None:
         volumes, info = await self._open()
         self.check_level(level, len(info.levels))
         if urlsplit(self._cloudpath.removeprefix(_PREFIX)).scheme in ("http", "https"):
             raise MethodNotAllowed(f"{self.where} is read over HTTP, which has no way to write "
                                    "chunks; point url: at a local path, gs:// or s3:// to write")
-        volume = volumes[level]
-        encoding = volume.meta.encoding(level)
+        meta = volumes[level].meta
+        encoding = meta.encoding(level)
         if encoding not in _LOSSLESS:
             raise MethodNotAllowed(f"{self.where}: level {level} is {encoding}-encoded, which "
                                    "is lossy: a write would not read back as written")
-        if volume.meta.sharding(level):
+        if meta.sharding(level):
             raise MethodNotAllowed(f"{self.where}: level {level} is sharded; cutout writes go "
                                    "to unsharded precomputed volumes only")
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        await self.check_write(ref, level)
+        volumes, info = await self._open()
+        volume = volumes[level]
         channel = self.options.channel_index
         bbox = Bbox(tuple(box.start), tuple(box.stop))
         xyz = data.transpose(2, 1, 0)

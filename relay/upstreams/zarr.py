@@ -268,14 +268,18 @@ class ZarrUpstream(Upstream):
                                           "x": x}
         return tuple(picks[a] for a in opened.axes)
 
-    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
-                    token: str | None = None) -> None:
+    async def check_write(self, ref: ChannelRef, level: int) -> None:
         opened = await self._open()
         self.check_level(level, len(opened.arrays))
         store = self._store
         if store is None or store.read_only:
             raise MethodNotAllowed(f"{self.where} is read over HTTP, which has no way to write "
                                    "zarr; point url: at a local path, s3:// or gs:// to write")
+
+    async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
+                    token: str | None = None) -> None:
+        await self.check_write(ref, level)
+        opened = await self._open()
         selection = self._selection(opened, level, box, t)
         spatial = [a for a in opened.axes if a in "zyx"]
         value = data.transpose(["zyx".index(a) for a in spatial])
