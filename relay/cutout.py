@@ -226,11 +226,13 @@ class CutoutService:
         cuboid = exact_cuboid(request.box, level.cuboid, level.origin, level.bounds)
         if cuboid is None:
             return None
-        keys = await self.versioned(channel, [cache_key(channel, request.resolution, 0, cuboid,
-                                                        request.token)])
-        if keys is None:
-            return None
-        packed, tier = await self.cache.find(keys[0])
+        key = cache_key(channel, request.resolution, 0, cuboid, request.token)
+        if channel.source.writable:  # (not awaited for the others: this is the hot path)
+            keys = await self.versioned(channel, [key])
+            if keys is None:
+                return None
+            key = keys[0]
+        packed, tier = await self.cache.find(key)
         if packed is None or not _fresh(channel.source,
                                         fetched_at := packed_fetched_at(packed)):
             return None
@@ -255,13 +257,14 @@ class CutoutService:
                 f"(at most {MAX_CUBOIDS} per request); ask for a smaller box")
         planned = [(ti, t, cuboid) for ti, t in enumerate(times)
                    for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)]
-        keys = await self.versioned(request.channel, [
-            cache_key(request.channel, request.resolution, t, cuboid, request.token)
-            for _, t, cuboid in planned])
-        if keys is None:  # a fleet whose versions cannot be read: afresh, from the store
-            request = replace(request, refresh=True)
-            keys = [cache_key(request.channel, request.resolution, t, cuboid, request.token)
-                    for _, t, cuboid in planned]
+        keys = [cache_key(request.channel, request.resolution, t, cuboid, request.token)
+                for _, t, cuboid in planned]
+        if request.channel.source.writable:
+            versioned = await self.versioned(request.channel, keys)
+            if versioned is None:  # a fleet whose versions cannot be read: afresh
+                request = replace(request, refresh=True)
+            else:
+                keys = versioned
         jobs = [(ti, t, cuboid, key)
                 for (ti, t, cuboid), key in zip(planned, keys, strict=True)]
         if request.times is None and len(jobs) == 1 and jobs[0][2].box == request.box:
