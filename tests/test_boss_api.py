@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
+from pathlib import Path
 
 import blosc
 import numpy as np
@@ -13,8 +14,10 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from relay.api.boss import cutout_nbytes
+from relay.app import create_app
 from relay.geometry import Box
 
+from .conftest import make_settings
 from .volumes import FRAME_XYZ, truth
 
 CHANNEL_KEYS = ["name", "public", "description", "experiment", "default_time_sample", "type",
@@ -388,3 +391,32 @@ def test_a_warm_aligned_cuboid_is_served_as_stored(client: TestClient) -> None:
     client.get("/v1/cutout/col1/exp1/ch1/0/512:1000/0:512/16:32/")
     client.get(url, headers={"Accept": "application/npygz"})
     assert counters["stored_frame_hits_total"] == 2
+
+
+def test_a_channel_smaller_than_its_experiments_frame_reads_zeros_beyond_itself(
+        tmp_path: Path) -> None:
+    """The frame of an experiment spans all its channels (/v1/coord); a relay downstream reads
+    any channel anywhere in it, as from BossDB: what the channel does not hold is zeros, and
+    only what is outside the frame is 400."""
+    import zarr
+
+    big = np.arange(10 * 40 * 60, dtype=np.uint8).reshape(10, 40, 60)
+    small = np.full((6, 20, 30), 9, np.uint8)
+    sources = []
+    for name, data in (("big", big), ("small", small)):
+        zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=data.shape,
+                          chunks=data.shape, dtype="uint8", zarr_format=3)[:] = data
+        sources.append({"collection": "f", "experiment": "e", "channel": name, "kind": "zarr",
+                        "url": (tmp_path / f"{name}.zarr").as_uri()})
+    app = create_app(make_settings(sources, None))
+    with TestClient(app, base_url="http://localhost") as client:
+        frame = client.get("/v1/coord/f_e/").json()
+        assert (frame["x_stop"], frame["y_stop"], frame["z_stop"]) == (60, 40, 10)
+        response = client.get("/v1/cutout/f/e/small/0/20:50/10:30/4:10/")
+        assert response.status_code == 200, response.text
+        got = np.frombuffer(blosc.decompress(response.content), np.uint8).reshape(6, 20, 30)
+        expected = np.zeros((6, 20, 30), np.uint8)
+        expected[:2, :10, :10] = 9
+        assert np.array_equal(got, expected)
+        outside = client.get("/v1/cutout/f/e/small/0/20:61/10:30/4:10/")
+        assert (outside.status_code, outside.json()["code"]) == (400, 1001)
