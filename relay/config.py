@@ -64,6 +64,10 @@ class ServerSettings(_Model):
     #: when set, every route but /healthz needs ``Authorization: Token <one of these>``
     #: (or ``Bearer``); otherwise 401
     tokens: tuple[str, ...] | None = None
+    #: when set, a cutout POST (to a ``writable`` source) needs ``Authorization: Token <one of
+    #: these>`` (or ``Bearer``), whatever ``tokens`` lets through; otherwise 401. Reads are
+    #: not affected (docs/writes.md)
+    write_tokens: tuple[str, ...] | None = None
     #: requests served at once; one more gets 503 BossDB JSON at once instead of queueing
     max_concurrency: int = Field(256, ge=1)
     #: one memory budget for the cutouts being assembled and the bodies being sent, across all

@@ -439,3 +439,23 @@ def test_a_time_range_writes_every_sample_of_it(tmp_path: Path) -> None:
                 4, 12, 40, 50), expected[:, 1])
     finally:
         relay.stop()
+
+
+def test_write_tokens_guard_writes_and_leave_reads_open(stores: Stores, tmp_path: Path) -> None:
+    relay = relay_over(tmp_path, stores.sources, write_tokens=["pen"]).start()
+    try:
+        url = f"{relay.url}/v1/cutout/zarr/w/u16/0/150:154/100:103/12:14/"
+        assert httpx.get(url).status_code == 200  # no token needed to read
+        body, headers = _blosc(np.full((2, 3, 4), 77, np.uint16)), {
+            "Content-Type": "application/blosc"}
+        for authorization in (None, "Token public", "Bearer nope"):
+            sent = {**headers, **({"Authorization": authorization} if authorization else {})}
+            response = httpx.post(url, content=body, headers=sent)
+            assert (response.status_code, response.json()["code"]) == (401, 3004)
+        assert not (stores.truth("zarr", "uint16", ((150, 154), (100, 103), (12, 14))) == 77
+                    ).all()
+        accepted = httpx.post(url, content=body, headers={**headers, "Authorization": "Token pen"})
+        assert accepted.status_code == 201, accepted.text
+        assert (stores.truth("zarr", "uint16", ((150, 154), (100, 103), (12, 14))) == 77).all()
+    finally:
+        relay.stop()

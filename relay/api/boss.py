@@ -37,6 +37,7 @@ from ..errors import (
     InvalidUrl,
     NotFound,
     RequestTooLarge,
+    Unauthorized,
 )
 from ..geometry import Box, Vec3
 from ..meshes import MeshService
@@ -52,6 +53,7 @@ from .common import (
     segmentation_for,
     show,
 )
+from .middleware import listed, presented_token
 from .responses import BodyResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
@@ -297,6 +299,12 @@ async def post_cutout(
 ) -> Response:
     """A cutout written to the store of a ``writable`` source (``relay.writes``): BossDB's
     checks and codes, 201 with an empty body once the store holds it."""
+    write_tokens = request.app.state.settings.server.write_tokens
+    if write_tokens:
+        presented = presented_token(request.headers.get("authorization"))
+        if presented is None or not listed(presented, [t.encode() for t in write_tokens]):
+            raise Unauthorized("Writes to this relay need 'Authorization: Token <token>' with "
+                               "one of its server.write_tokens")
     media = upload_media(request.headers.get("content-type"))
     chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
                                           x_range, y_range, z_range, t_range)

@@ -221,6 +221,18 @@ class EdgeMiddleware:
 TOKEN_COOKIE = "relay_token"
 
 
+def presented_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Token <t>`` (or ``Bearer <t>``) header, else None."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() in ("token", "bearer") else None
+
+
+def listed(given: str, tokens: Sequence[bytes]) -> bool:
+    """Is ``given`` one of ``tokens``? Compared with every one, in constant time each: no
+    early exit to time."""
+    return any([hmac.compare_digest(given.encode(), t) for t in tokens])
+
+
 class AuthMiddleware:
     """With ``server.tokens`` set, every route but ``/healthz`` needs ``Authorization: Token
     <t>`` or ``Bearer <t>`` with a listed ``t``; otherwise 401 BossDB JSON. Preflights never
@@ -238,14 +250,13 @@ class AuthMiddleware:
         self.tokens = [t.encode() for t in tokens]
 
     def _listed(self, given: str) -> bool:
-        # compare against every token, in constant time each: no early exit to time
-        return any([hmac.compare_digest(given.encode(), t) for t in self.tokens])
+        return listed(given, self.tokens)
 
     def _allowed(self, scope: Scope) -> bool:
         headers = Headers(scope=scope)
-        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-        if scheme.lower() in ("token", "bearer"):
-            return self._listed(token.strip())
+        presented = presented_token(headers.get("authorization"))
+        if presented is not None:
+            return self._listed(presented)
         if scope["method"] not in ("GET", "HEAD"):
             return False
         if scope["path"] == "/":
