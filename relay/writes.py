@@ -134,7 +134,8 @@ class WriteService:
                 channel.upstream.forget(channel.ref)
                 if fleet:
                     assert cache is not None
-                    # what another relay cached while the store was being written
+                    # anything cached under the version of the write (only a relay whose
+                    # read outlasted the mark can have), then the version that ends it
                     await cutouts.invalidate(channel, keys)
                     if not await cache.bump(keys):
                         # the store has it; a retry writes the same voxels again, and tells
