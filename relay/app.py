@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from . import __version__
 from .api import boss, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
+from .api.rendered import Rendered
 from .api.routing import served_routes
 from .api.viewer import viewer_routes
 from .budget import ByteBudget
@@ -187,6 +188,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.cache = cache
         app.state.catalog = catalog
         app.state.metadata = BossMetadata(catalog)
+        app.state.rendered = Rendered(min(
+            (s.metadata_ttl_seconds for s in settings.sources), default=0.0))
         app.state.metrics = metrics
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))

@@ -10,7 +10,7 @@ error.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ from .common import (
     show,
 )
 from .middleware import listed, presented_token
+from .rendered import Rendered
 from .responses import BodyResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
@@ -81,49 +82,62 @@ def _metadata(request: Request) -> BossMetadata:
     return service
 
 
-async def list_collections(request: Request) -> Any:
-    return await _metadata(request).collections(caller_token(request))
+def _rendered(request: Request, make: Callable[[], Awaitable[Any]]) -> Awaitable[Response]:
+    rendered: Rendered = request.app.state.rendered
+    return rendered.answer(request, make)
 
 
-async def get_collection(request: Request, collection: str) -> Any:
+async def list_collections(request: Request) -> Response:
+    return await _rendered(request, lambda: _metadata(request).collections(
+        caller_token(request)))
+
+
+async def get_collection(request: Request, collection: str) -> Response:
     check_names(("Collection", collection))
-    return await _metadata(request).collection(collection, caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).collection(
+        collection, caller_token(request)))
 
 
-async def list_experiments(request: Request, collection: str) -> Any:
+async def list_experiments(request: Request, collection: str) -> Response:
     check_names(("Collection", collection))
-    return await _metadata(request).experiments(collection, caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).experiments(
+        collection, caller_token(request)))
 
 
-async def get_experiment(request: Request, collection: str, experiment: str) -> Any:
+async def get_experiment(request: Request, collection: str, experiment: str) -> Response:
     check_names(("Collection", collection), ("Experiment", experiment))
-    return await _metadata(request).experiment(collection, experiment, caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).experiment(
+        collection, experiment, caller_token(request)))
 
 
-async def list_channels(request: Request, collection: str, experiment: str) -> Any:
+async def list_channels(request: Request, collection: str, experiment: str) -> Response:
     check_names(("Collection", collection), ("Experiment", experiment))
-    return await _metadata(request).channels(collection, experiment, caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).channels(
+        collection, experiment, caller_token(request)))
 
 
-async def get_channel(request: Request, collection: str, experiment: str, channel: str) -> Any:
+async def get_channel(request: Request, collection: str, experiment: str,
+                      channel: str) -> Response:
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    return await _metadata(request).channel(collection, experiment, channel,
-                                            caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).channel(
+        collection, experiment, channel, caller_token(request)))
 
 
-async def list_coords(request: Request) -> Any:
-    return await _metadata(request).coords(caller_token(request))
+async def list_coords(request: Request) -> Response:
+    return await _rendered(request, lambda: _metadata(request).coords(caller_token(request)))
 
 
-async def get_coord(request: Request, coord: str) -> Any:
+async def get_coord(request: Request, coord: str) -> Response:
     check_names(("Coordinate frame", coord))
-    return await _metadata(request).coord(coord, caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).coord(
+        coord, caller_token(request)))
 
 
-async def get_downsample(request: Request, collection: str, experiment: str, channel: str) -> Any:
+async def get_downsample(request: Request, collection: str, experiment: str,
+                         channel: str) -> Response:
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
-    return await _metadata(request).downsample(collection, experiment, channel,
-                                               caller_token(request))
+    return await _rendered(request, lambda: _metadata(request).downsample(
+        collection, experiment, channel, caller_token(request)))
 
 
 async def ping(request: Request) -> dict[str, Any]:
@@ -335,6 +349,9 @@ async def post_cutout(
             times if times is not None else range(1), caller_token(request)))
     finally:
         reservation.release()
+        # what the store says of itself may change with a write (DVID's extents grow)
+        rendered: Rendered = request.app.state.rendered
+        rendered.clear()
     return Response(status_code=201)
 
 
