@@ -244,10 +244,12 @@ async def _target(request: Request, collection: str, experiment: str, channel: s
     if box.is_empty() or not _within(box, frame, level):
         # the experiment's frame is every channel's extent together (``relay.metadata``): a
         # relay downstream reads this channel anywhere in it, and gets zeros where the
-        # channel holds nothing, as from BossDB
-        view = await experiment_view(catalog_of(request), collection, experiment,
-                                     caller_token(request))
-        if box.is_empty() or not _within(box, view.frame, level):
+        # channel holds nothing, as from BossDB (whose channels, and another relay's, already
+        # span their frame: no need to ask for every channel of the experiment then)
+        catalog = catalog_of(request)
+        if box.is_empty() or catalog.speaks_boss(chan.upstream) is not None or not _within(
+                box, (await experiment_view(catalog, collection, experiment,
+                                            caller_token(request))).frame, level):
             raise InvalidCutoutArgs(
                 f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}")
     times: range | None = None
