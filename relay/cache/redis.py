@@ -268,7 +268,28 @@ class RedisTier(CacheTier):
             return None
         return [int(v) if v is not None and v.isdigit() else 0 for v in found]
 
+    async def _check_eviction(self) -> None:
+        """Say once if Redis may evict the write versions (``allkeys-*``): a version evicted
+        with its cuboids could bring an old copy another relay holds back to life."""
+        self._eviction_checked = True
+        try:
+            policy = await self._call(lambda: self.client.config_get("maxmemory-policy"))
+        except Exception:  # CONFIG is often disabled on managed Redis: nothing to say then
+            return
+        value = policy.get("maxmemory-policy") if isinstance(policy, dict) else None
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, str) and value.startswith("allkeys"):
+            log.warning("shared tier %s evicts any key (maxmemory-policy %s): the write "
+                        "versions of writable sources may go with it; use volatile-lru and "
+                        "cache.redis_ttl_seconds (docs/writes.md)", self.where, value)
+
+    _eviction_checked = False
+
     async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
+        if not self._eviction_checked:
+            await self._check_eviction()
+
         async def incr() -> None:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
