@@ -1,7 +1,9 @@
 """Wire encodings of a cutout, and the packed form of a cuboid in the cache.
 
 This module is the only user of ``blosc`` (python-blosc, Blosc1: the frame format intern's
-``blosc.decompress`` reads; a Blosc2 frame would not decode there).
+``blosc.decompress`` reads; a Blosc2 frame would not decode there) and of ``isal`` (ISA-L's
+deflate: zlib and gzip streams any inflater reads, made 15–20× faster than zlib's level 1 at
+the same size; docs/performance.md).
 
 Wire encodings (BossDB's ``bossspatialdb/renderers.py`` and ``parsers.py``; intern's
 ``service/boss/v1/volume.py`` decodes them), all of a C-order Z,Y,X (or T,Z,Y,X) array:
@@ -23,13 +25,13 @@ import math
 import os
 import pickle
 import struct
-import zlib
 from enum import StrEnum
 from typing import Any
 
 import blosc
 import compressed_segmentation
 import numpy as np
+from isal import igzip, isal_zlib
 from PIL import Image
 
 from .errors import (
@@ -54,6 +56,7 @@ __all__ = [
     "encode",
     "encode_compressed_segmentation",
     "encoding_bytes",
+    "gzip_bytes",
     "negotiate",
     "pack_cuboid",
     "pack_frame",
@@ -140,7 +143,7 @@ def encode(array: np.ndarray, media: MediaType) -> bytes:
     if media is MediaType.NPYGZ:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
-        return zlib.compress(buffer.getbuffer(), 1)
+        return bytes(isal_zlib.compress(buffer.getbuffer(), 1))
     if media is MediaType.BLOSC_PYTHON:
         _threads_for(array.nbytes)
         return bytes(blosc.pack_array(array, cname="lz4", clevel=5))
@@ -159,6 +162,11 @@ BLOSC_MAX_BYTES = int(blosc.MAX_BUFFERSIZE)
 JPEG_MAX_SIDE = 65500
 #: What ``blosc.pack_array``'s pickle adds to the voxels (dtype and shape, generously).
 _PICKLE_HEADER = 4096
+
+
+def gzip_bytes(data: bytes | memoryview) -> bytes:
+    """A gzip stream of ``data`` (a precomputed chunk sent with ``Content-Encoding: gzip``)."""
+    return bytes(igzip.compress(data, 1))
 
 
 def check_encodable(media: MediaType, dtype: np.dtype[np.generic],

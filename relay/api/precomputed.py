@@ -16,7 +16,6 @@ Chunks are gzip-encoded when the client accepts it.
 
 from __future__ import annotations
 
-import gzip
 import re
 from typing import Any
 
@@ -26,7 +25,7 @@ from starlette.responses import Response
 
 from ..budget import ByteBudget
 from ..catalog import Channel
-from ..codecs import CSEG_BLOCK, CSEG_DTYPES, encode_compressed_segmentation
+from ..codecs import CSEG_BLOCK, CSEG_DTYPES, encode_compressed_segmentation, gzip_bytes
 from ..cutout import CutoutRequest, CutoutService
 from ..errors import NotFound
 from ..geometry import Box, Vec3
@@ -133,7 +132,7 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
         if segmented:
             body = await offload(encode_compressed_segmentation, result.voxels, nbytes=nbytes)
         if gzipped:
-            body = await offload(gzip.compress, body, 1, nbytes=nbytes)
+            body = await offload(gzip_bytes, body, nbytes=nbytes)
             headers["Content-Encoding"] = "gzip"
         if segmented or gzipped:
             reservation.shrink(len(body))  # what is held from here on: the body alone
