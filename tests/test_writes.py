@@ -331,8 +331,8 @@ def test_blosc_python_bodies_are_read_as_arrays(relay: RelayProcess, stores: Sto
 
 
 def test_writes_need_a_token_when_the_relay_has_tokens(stores: Stores, tmp_path: Path) -> None:
-    # a relay of its own over the module's stores: the box it writes is one no other test of
-    # this module reads through the module's relay (which would not learn of the write)
+    # a relay of its own over the module's stores: the box it writes is one no later test of
+    # this module reads afterwards through the module's relay (which does not learn of it)
     relay = relay_over(tmp_path, stores.sources, tokens=["s3cret"]).start()
     try:
         body = _blosc(np.full((2, 3, 4), 9, np.uint8))
