@@ -51,6 +51,7 @@ __all__ = [
     "blosc_sizes",
     "check_encodable",
     "check_jpeg",
+    "crc32",
     "decode_blosc",
     "decode_upload",
     "encode",
@@ -162,6 +163,12 @@ BLOSC_MAX_BYTES = int(blosc.MAX_BUFFERSIZE)
 JPEG_MAX_SIDE = 65500
 #: What ``blosc.pack_array``'s pickle adds to the voxels (dtype and shape, generously).
 _PICKLE_HEADER = 4096
+
+
+def crc32(data: bytes | memoryview) -> int:
+    """zlib's CRC-32 of ``data``, computed by ISA-L: the same value (what the cache tiers'
+    framing has always held), about six times faster (0.9 → 0.14 ms for 4 MiB)."""
+    return int(isal_zlib.crc32(data))
 
 
 def gzip_bytes(data: bytes | memoryview) -> bytes:

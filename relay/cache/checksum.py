@@ -6,7 +6,8 @@ wrong voxel."""
 from __future__ import annotations
 
 import struct
-import zlib
+
+from ..codecs import crc32
 
 __all__ = ["seal", "unseal"]
 
@@ -15,7 +16,7 @@ _MAGIC = b"RLD1"
 
 
 def seal(value: bytes) -> bytes:
-    return _FRAME.pack(_MAGIC, zlib.crc32(value), len(value)) + value
+    return _FRAME.pack(_MAGIC, crc32(value), len(value)) + value
 
 
 def unseal(framed: object) -> bytes | None:
@@ -24,6 +25,6 @@ def unseal(framed: object) -> bytes | None:
         return None
     magic, crc, length = _FRAME.unpack_from(framed)
     payload = framed[_FRAME.size:]
-    if magic != _MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+    if magic != _MAGIC or length != len(payload) or crc32(payload) != crc:
         return None
     return payload
