@@ -36,6 +36,7 @@ class ReadWriteGate:
         self._writing = False
         self._writers_waiting = 0
         self._changed = asyncio.Condition()
+        self._waking: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[None]:
@@ -52,9 +53,8 @@ class ReadWriteGate:
             yield
         finally:
             _held.reset(token)
-            async with self._changed:
-                self._readers -= 1
-                self._changed.notify_all()
+            self._readers -= 1
+            self._wake()
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:
@@ -70,9 +70,21 @@ class ReadWriteGate:
         try:
             yield
         finally:
-            async with self._changed:
-                self._writing = False
-                self._changed.notify_all()
+            self._writing = False
+            self._wake()
+
+    def _wake(self) -> None:
+        """Let the waiters look again. Called from a ``finally`` that a second cancellation
+        could interrupt while it waited for the condition's lock (a reader's count left up
+        would hold every write off for good), so the count changes at once and the waking is
+        a task of its own."""
+        task = asyncio.ensure_future(self._notify())
+        self._waking.add(task)
+        task.add_done_callback(self._waking.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     @property
     def idle(self) -> bool:
