@@ -39,14 +39,14 @@ from .errors import RequestTooLarge, UpstreamError
 from .gate import Gates
 from .geometry import Box, Vec3
 from .metrics import OUTCOMES, Metrics, Outcome
-from .model import token_digest
+from .model import Level, token_digest
 from .offload import offload
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
 from .pyramid import factor, finer_box, reduce
 from .singleflight import SingleFlight
 
 __all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key", "channel_prefix",
-           "key_prefix"]
+           "check_cells", "key_prefix"]
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
@@ -110,6 +110,17 @@ _TIER_OUTCOME: dict[str | None, Outcome] = {"memory": "memory", "disk": "disk",
 def slowest(outcomes: Iterable[Outcome]) -> Outcome:
     """The outcome of a request made of cuboids with ``outcomes``."""
     return max(outcomes, key=OUTCOMES.index, default="memory")
+
+
+def check_cells(level: Level, box: Box, times: int = 1) -> None:
+    """413 when a request (a read, or a write and the cuboids it drops) covers more than
+    ``MAX_CUBOIDS`` cuboids of the level's grid."""
+    cells = count_cells(box, level.cuboid, level.origin, level.bounds) * times
+    if cells > MAX_CUBOIDS:
+        c = level.cuboid
+        raise RequestTooLarge(
+            f"This cutout covers {cells} cuboids of the channel's {c.x}×{c.y}×{c.z} grid "
+            f"(at most {MAX_CUBOIDS} per request); ask for a smaller box")
 
 
 def channel_prefix(channel: Channel) -> str:
@@ -249,12 +260,7 @@ class CutoutService:
         info = request.channel.info
         level = info.levels[request.resolution]
         times = request.times if request.times is not None else range(1)
-        cells = count_cells(request.box, level.cuboid, level.origin, level.bounds) * len(times)
-        if cells > MAX_CUBOIDS:
-            c = level.cuboid
-            raise RequestTooLarge(
-                f"This cutout covers {cells} cuboids of the channel's {c.x}×{c.y}×{c.z} grid "
-                f"(at most {MAX_CUBOIDS} per request); ask for a smaller box")
+        check_cells(level, request.box, len(times))
         planned = [(ti, t, cuboid) for ti, t in enumerate(times)
                    for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)]
         keys = [cache_key(request.channel, request.resolution, t, cuboid, request.token)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .catalog import Channel
-from .cutout import CutoutService, cache_key, channel_prefix
+from .cutout import CutoutService, cache_key, channel_prefix, check_cells
 from .errors import InvalidResolution, MethodNotAllowed, RelayError, UpstreamUnavailable
 from .geometry import Box, Vec3
 from .metrics import Metrics
@@ -104,6 +104,8 @@ class WriteService:
         once the store holds it."""
         channel = request.channel
         self.check(channel, request.resolution)
+        # every cuboid it touches is dropped one by one: as bounded as a read of the box
+        check_cells(channel.info.levels[request.resolution], request.box, len(request.times))
         cutouts, cache = self.cutouts, self.cutouts.cache
         # what the store is refuses a write before anything cached is dropped
         await channel.upstream.check_write(channel.ref, request.resolution)

@@ -188,8 +188,9 @@ class Upstream(ABC):
     async def check_write(self, ref: ChannelRef, level: int) -> None:
         """Raise (405, or the store's own refusal) when a write to ``level`` would be refused
         for what the store is (read over HTTP, lossy, a locked DVID node…): asked before the
-        relay drops anything it caches, so such a refusal changes nothing. ``write`` asks it
-        too."""
+        relay drops anything it caches, so such a refusal changes nothing. ``write`` refuses
+        the same (what a store says of itself, DVID's lock, it may leave to the store's own
+        answer to the write)."""
         if not self.writes:
             raise MethodNotAllowed(f"a {self.kind} source cannot take writes")
 

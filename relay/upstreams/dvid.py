@@ -263,12 +263,16 @@ class DvidUpstream(Upstream):
     def forget(self, ref: ChannelRef) -> None:
         self._opened.pop(self._instance_name(ref), None)
 
-    async def check_write(self, ref: ChannelRef, level: int) -> None:
+    async def _writable_level(self, ref: ChannelRef, level: int) -> _Opened:
         opened = await self._open(ref)
         self.check_level(level, len(opened.instances))
         if opened.scaled and level > 0:
             raise MethodNotAllowed(f"{self._where}: DVID makes scale {level} of a label "
                                    "instance from scale 0 itself; write resolution 0")
+        return opened
+
+    async def check_write(self, ref: ChannelRef, level: int) -> None:
+        opened = await self._writable_level(ref, level)
         # asked afresh: a node is locked (committed) at any time, and then refuses mutations
         status = await self._get_json(f"node/{opened.node}/status")
         if isinstance(status, dict) and status.get("Locked") is True:
@@ -277,8 +281,9 @@ class DvidUpstream(Upstream):
 
     async def write(self, ref: ChannelRef, level: int, box: Box, data: np.ndarray, t: int = 0,
                     token: str | None = None) -> None:
-        await self.check_write(ref, level)
-        opened = await self._open(ref)
+        # the node's lock is not asked again (``check_write`` did, just before): a node
+        # locked meanwhile refuses the POST itself
+        opened = await self._writable_level(ref, level)
         instance = opened.instances[level]
         # asked afresh: the block size decides which voxels a POST replaces
         held = await self._get_json(f"node/{opened.node}/{instance}/info")
