@@ -183,6 +183,15 @@ def raw_starlette(blob: Path) -> Iterator[str]:
 
 
 @contextmanager
+def direct_starlette(kind: str, url: str) -> Iterator[str]:
+    """P3's comparator over HTTP: ``bench/direct_server.py`` reading ``url``."""
+    port = free_port()
+    with _serving([sys.executable, str(ROOT / "bench" / "direct_server.py"), str(port), kind,
+                   url], f"http://127.0.0.1:{port}/hello"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
 def nginx(root: Path) -> Iterator[str | None]:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):

@@ -38,9 +38,9 @@ from typing import Any
 import blosc
 import numpy as np
 import psutil
-import zarr
 
 from bench import bossphorus
+from bench.direct_server import direct_reader, read_and_encode
 from bench.harness import (
     CUBOID,
     ROOT,
@@ -49,6 +49,7 @@ from bench.harness import (
     MiB,
     Mode,
     Row,
+    direct_starlette,
     http,
     median_of,
     nginx,
@@ -121,18 +122,6 @@ def write_precomputed(path: Path, data: np.ndarray) -> None:
     volume[:, :, :] = np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
-def _direct_reader(kind: str, url: str) -> Callable[[int, int, int], np.ndarray]:
-    """Read a 512×512×16 box at (x0, y0, z0) as Z, Y, X with the store's own library."""
-    if kind == "zarr":
-        array = zarr.open_array(url, mode="r")
-        return lambda x0, y0, z0: np.asarray(array[z0:z0 + 16, y0:y0 + 512, x0:x0 + 512])
-    from cloudvolume import CloudVolume
-
-    volume = CloudVolume(url, progress=False)
-    return lambda x0, y0, z0: np.asarray(
-        volume[x0:x0 + 512, y0:y0 + 512, z0:z0 + 16])[..., 0].transpose(2, 1, 0)
-
-
 def p3(bench: Bench) -> None:
     """First touch of never-read cuboids through a fresh relay, against reading the same
     boxes straight from the store with its own library and encoding them as the relay would.
@@ -148,7 +137,7 @@ def p3(bench: Bench) -> None:
                for by in range(y // 512) for bx in range(x // 512)]
     per_trial = min(mode.cold_reads, len(corners) // mode.trials)
     for kind, source in sources.items():
-        read = _direct_reader(kind, source["url"])
+        read = direct_reader(kind, source["url"])
         with ExitStack() as stack:
             relay = bench.start_relay(f"p3-{kind}", [source], stack)
             relay_times: list[float] = []
@@ -162,16 +151,22 @@ def p3(bench: Bench) -> None:
         # the CPU with the relay's disk writes
         for x0, y0, z0 in picked:
             started = time.perf_counter()
-            data = np.ascontiguousarray(read(x0, y0, z0))
-            blosc.compress(data, typesize=1, clevel=5, cname="lz4")
+            read_and_encode(read, x0, y0, z0)
             direct_times.append(time.perf_counter() - started)
+        # the same read and encode, served over HTTP by a bare Starlette app
+        with direct_starlette(kind, source["url"]) as direct:
+            served_times = [timed_get(f"{direct}/cutout/{x0}/{y0}/{z0}")
+                            for x0, y0, z0 in picked]
         relay_s, direct_s = statistics.median(relay_times), statistics.median(direct_times)
+        served_s = statistics.median(served_times)
         library = "zarr" if kind == "zarr" else "cloud-volume"
-        bench.report.rows.append(Row(
-            f"P3 cold 512×512×16 from local {kind}", f"{relay_s * 1e3:.1f} ms",
-            f"{library} read + blosc encode {direct_s * 1e3:.1f} ms", relay_s / direct_s,
-            "≤ 1.3 (time)", relay_s / direct_s <= 1.3,
-            detail=f"{len(relay_times)} first-touch reads"))
+        for comparator, seconds in ((f"{library} read + blosc encode", direct_s),
+                                    ("the same over HTTP (raw Starlette)", served_s)):
+            bench.report.rows.append(Row(
+                f"P3 cold 512×512×16 from local {kind}", f"{relay_s * 1e3:.1f} ms",
+                f"{comparator} {seconds * 1e3:.1f} ms", relay_s / seconds,
+                "≤ 1.3 (time)", relay_s / seconds <= 1.3,
+                detail=f"{len(relay_times)} first-touch reads"))
 
 
 def p4(bench: Bench) -> None:
@@ -233,6 +228,32 @@ def curves(bench: Bench) -> None:
     for count in mode.clients:
         clients.points.append((str(count), count, wrk(relay.url + CUBOID, mode, count)))
     bench.report.curves += [size, clients]
+    # the same curve for nginx serving the cuboid's bytes as a static file, in the same run
+    with nginx(bench.root) as static:
+        if static is None:
+            bench.report.notes.append("The tail under many clients: nginx is not installed, "
+                                      "so it has no comparator.")
+            return
+        reference = Curve("nginx static, the same cuboid's bytes, concurrent clients",
+                          "clients")
+        for count in mode.clients:
+            reference.points.append((str(count), count, wrk(static + "/blob", mode, count)))
+    bench.report.curves.append(reference)
+    most = mode.clients[-1]
+
+    def tail(curve: Curve) -> tuple[float, float]:
+        """(req/s with the most clients ÷ the curve's peak, p99 ÷ p50 with the most clients)"""
+        last = curve.points[-1][2]
+        peak = max(figures["rps"] for _, _, figures in curve.points)
+        return last["rps"] / peak, last["p99_ms"] / last["p50_ms"]
+
+    (kept, spread), (nginx_kept, nginx_spread) = tail(clients), tail(reference)
+    bench.report.rows += [
+        Row(f"Tail: req/s at {most} clients ÷ the peak", f"{kept:.2f}",
+            f"nginx static {nginx_kept:.2f}", kept, "≥ 0.9", kept >= 0.9),
+        Row(f"Tail: p99 ÷ p50 at {most} clients", f"{spread:.1f}",
+            f"nginx static {nginx_spread:.1f}", spread, "≤ 5", spread <= 5),
+    ]
 
 
 def _hop(upstream: RelayProcess) -> list[dict[str, Any]]:

@@ -32,10 +32,12 @@ from .codecs import (
     pack_frame,
     packed_blosc_frame,
     packed_fetched_at,
+    packed_header,
     unpack_cuboid,
 )
 from .config import SourceSettings
 from .errors import RequestTooLarge, UpstreamError
+from .forwarding import Forwarded, FrameSink
 from .gate import Gates
 from .geometry import Box, Vec3
 from .metrics import OUTCOMES, Metrics, Outcome
@@ -68,6 +70,8 @@ class CutoutRequest:
     times: range | None = None  # None: a 3-D request at t = 0
     refresh: bool = False       # re-read upstream and replace the cached cuboids
     token: str | None = None    # the caller's Authorization, for sources that forward it
+    #: where the upstream read of exactly this one cuboid feeds its frame as it arrives
+    sink: FrameSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,9 @@ class Cutout:
     outcome: Outcome = "memory"
     #: when each of its cuboids was read upstream, in plan order: what it is a version of
     fetched: tuple[float, ...] = ()
+    #: an upstream relay's frame of the one cuboid asked for, sent on as it arrives (then
+    #: ``data`` and ``frame`` are None)
+    forwarded: Forwarded | None = None
 
     @property
     def voxels(self) -> np.ndarray:
@@ -219,7 +226,40 @@ class CutoutService:
         if frame_ok and (found := await self._stored_frame(request)) is not None:
             frame, where, fetched_at = found
             return Cutout(None, frame=frame, outcome=where, fetched=(fetched_at,))
+        if frame_ok and (sink := self._sink(request)) is not None:
+            return await self._forward(request, sink)
         return await self.read_cutout(request, frame_ok)
+
+    def _sink(self, request: CutoutRequest) -> FrameSink | None:
+        """A sink for a request of exactly one stored cuboid whose upstream forwards frames
+        (another relay, BossDB): its frame may then be sent on as it arrives."""
+        channel = request.channel
+        if request.times is not None or not channel.upstream.forwards or (
+                channel.pyramid is not None and channel.pyramid.derives(request.resolution)):
+            return None
+        level = channel.info.levels[request.resolution]
+        if exact_cuboid(request.box, level.cuboid, level.origin, level.bounds) is None:
+            return None
+        return FrameSink(request.box, request.box.voxels * channel.info.dtype.itemsize)
+
+    async def _forward(self, request: CutoutRequest, sink: FrameSink) -> Cutout:
+        """The request read with ``sink``: forwarded once its upstream read is under way and
+        its frame's header checked, or the answer when it came first (cached meanwhile, held,
+        joined another read, failed)."""
+        reading = asyncio.ensure_future(self.read_cutout(replace(request, sink=sink), True))
+        started = asyncio.ensure_future(sink.started.wait())
+        try:
+            await asyncio.wait((reading, started), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            reading.cancel()
+            raise
+        finally:
+            started.cancel()
+        if reading.done():
+            return reading.result()
+        self.metrics.inc("forwarded_total")
+        return Cutout(None, forwarded=Forwarded(sink, reading, self.metrics), outcome="upstream",
+                      fetched=(sink.fetched_at,))
 
     async def _stored_frame(self, request: CutoutRequest
                             ) -> tuple[memoryview, Outcome, float] | None:
@@ -427,24 +467,34 @@ class CutoutService:
         self, key: str, request: CutoutRequest, t: int, box: Box, use_cache: bool
     ) -> tuple[np.ndarray, float, bytes | None, Outcome]:
         channel = request.channel
-        frame: bytes | None = None
+        dtype = channel.info.dtype
+        frame: bytes | memoryview | None = None
+        sink: FrameSink | None = None
         where: Outcome = "upstream"
+        # when the read began: what a forwarded response names before the read has ended
+        fetched_at = wall_clock()
         if channel.pyramid is not None and channel.pyramid.derives(request.resolution):
             data: np.ndarray | None = await self._derive(request, t, box)
             where = "derived"
         else:
             self.metrics.inc("upstream_reads_total")
             started = time.perf_counter()
+            if channel.upstream.forwards:
+                # the frame is put together behind its cache header as it arrives (and
+                # forwarded, when the request is this one cuboid and wants it)
+                sink = (request.sink if request.sink is not None and request.sink.box == box
+                        else FrameSink(box, box.voxels * dtype.itemsize))
+                sink.fetched_at = fetched_at
+                sink.prefix = packed_header(box.shape_zyx, dtype, fetched_at)
             try:
                 data, frame = await channel.upstream.read_encoded(
-                    channel.ref, request.resolution, box, t, request.token)
+                    channel.ref, request.resolution, box, t, request.token, sink)
             except UpstreamError:
                 self.metrics.inc("upstream_errors_total")
                 raise
             finally:
                 self.metrics.observe_upstream(_source_label(channel.source),
                                               time.perf_counter() - started)
-        dtype = channel.info.dtype
         if data is None:
             data, frame = np.zeros(box.shape_zyx, dtype=dtype), None
         if data.shape != box.shape_zyx or data.dtype != dtype:
@@ -455,7 +505,6 @@ class CutoutService:
             )
         data = np.ascontiguousarray(data)
         data.flags.writeable = False
-        fetched_at = wall_clock()
         packed = None
         if use_cache:
             assert self.cache is not None
@@ -466,7 +515,10 @@ class CutoutService:
                 self.metrics.inc("write_raced_reads_total")
                 await self.cache.end_lease(key)
                 return data, fetched_at, None, where
-            if frame is not None:
+            if (sink is not None and frame is not None and sink.frame is frame
+                    and sink.packed is not None):
+                packed = sink.packed  # the frame as it arrived, behind its header already
+            elif frame is not None:
                 packed = pack_frame(frame, data.shape, data.dtype, fetched_at)
             else:
                 packed = await offload(pack_cuboid, data, fetched_at, nbytes=data.nbytes)
@@ -488,7 +540,7 @@ class CutoutService:
         async def piece(part: Box) -> None:
             region, lead = finer_box(part, f, finer.bounds)
             read = await self.read_cutout(replace(
-                request, resolution=level - 1, box=region,
+                request, resolution=level - 1, box=region, sink=None,
                 times=None if t == 0 else range(t, t + 1)))
             voxels = read.voxels if t == 0 else read.voxels[0]
             reduced = await offload(reduce, voxels, f, method, lead, nbytes=voxels.nbytes)

@@ -56,6 +56,8 @@ COUNTERS: dict[str, str] = {
     "upstream_errors_total": "Upstream reads that failed",
     "decoded_hits_total": "Cuboids found held decoded in memory",
     "stored_frame_hits_total": "One-cuboid answers sent as the stored Blosc frame",
+    "forwarded_total": "One-cuboid answers forwarded from an upstream relay as they arrived",
+    "forwards_cut_total": "Forwarded answers cut off: the frame failed its check",
     "cache_bad_entries_total": "Cached values that did not hold what their key promised",
     "stale_served_total": "Cuboids served stale because the upstream read failed",
     "fleet_supplied_total": "Cuboids another relay of the fleet read while this one waited",

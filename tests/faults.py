@@ -78,6 +78,8 @@ class FaultServer:
         self._server: asyncio.Server | None = None
         self._stall = asyncio.Event()
         self.cutout_seen = asyncio.Event()  # set when the first cutout request arrives
+        #: the "held-…" behaviours send half a frame, then wait for this before the rest
+        self.proceed = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -153,6 +155,24 @@ class FaultServer:
         elif behaviour == "truncate":  # half the body, then a clean close
             self._send(writer, 200, "application/blosc", body[: len(body) // 2],
                        length=len(body))
+        elif behaviour.startswith("held-"):  # half the frame; the rest once told to proceed
+            self._send(writer, 200, "application/blosc", body[: len(body) // 2],
+                       length=len(body))
+            await writer.drain()
+            await self.proceed.wait()
+            rest = body[len(body) // 2:]
+            if behaviour == "held-corrupt":  # the right length, the rest of it garbage
+                writer.write(b"\xff" * len(rest))
+            elif behaviour == "held-reset":
+                writer.transport.abort()
+            elif behaviour == "held-truncate":  # a clean close, short of the length
+                pass
+            else:
+                raise AssertionError(behaviour)
+        elif behaviour == "other":  # the same voxels in another frame of the same length
+            # (unshuffled: for one-byte voxels only the header's flags differ)
+            self._send(writer, 200, "application/blosc", blosc.compress(
+                np.ascontiguousarray(data).tobytes(), typesize=1, shuffle=blosc.NOSHUFFLE))
         elif behaviour == "short":  # a valid Blosc frame of the wrong length
             self._send(writer, 200, "application/blosc", blosc.compress(b"\x01" * 100))
         elif behaviour == "html":

@@ -39,6 +39,7 @@ from ..errors import (
     RequestTooLarge,
     Unauthorized,
 )
+from ..forwarding import Forwarded
 from ..geometry import Box, Vec3
 from ..meshes import MeshService
 from ..metadata import BossMetadata, experiment_view
@@ -55,7 +56,7 @@ from .common import (
 )
 from .middleware import listed, presented_token
 from .rendered import Rendered
-from .responses import BodyResponse
+from .responses import BodyResponse, ForwardedResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
 
@@ -295,6 +296,9 @@ async def cutout(
         if body is None:  # the caller has this version
             reservation.release()
             return Response(status_code=304, headers=headers)
+        if isinstance(body, Forwarded):
+            reservation.shrink(body.length)
+            return ForwardedResponse(body, media.value, reservation, headers)
         reservation.shrink(len(body))
     except BaseException:
         reservation.release()
@@ -375,9 +379,10 @@ async def _body(request: Request, limit: int) -> bytes:
 
 async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
                        times: range | None, media: MediaType, ids: np.ndarray | None
-                       ) -> tuple[bytes | memoryview | None, dict[str, str]]:
-    """The body and headers of a cutout; no body when the request's ``If-None-Match`` names
-    this version (nothing is encoded then)."""
+                       ) -> tuple[bytes | memoryview | Forwarded | None, dict[str, str]]:
+    """The body and headers of a cutout (a body still arriving from an upstream relay, to
+    forward); no body when the request's ``If-None-Match`` names this version (nothing is
+    encoded then)."""
     service: CutoutService = request.app.state.cutouts
     cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
                            token=caller_token(request))
@@ -386,7 +391,11 @@ async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
     headers = {**cutout_headers(request, result),
                **data_headers(request, chan, result, media.value, vary=("Accept",))}
     if not_modified(request, headers) is not None:
+        if result.forwarded is not None:
+            result.forwarded.close()
         return None, headers
+    if result.forwarded is not None:
+        return result.forwarded, headers
     if result.frame is not None:
         return result.frame, headers
     data = result.voxels

@@ -9,14 +9,19 @@ import struct
 
 from ..codecs import crc32
 
-__all__ = ["seal", "unseal"]
+__all__ = ["seal", "seal_header", "unseal"]
 
 _FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
 _MAGIC = b"RLD1"
 
 
+def seal_header(value: bytes) -> bytes:
+    """What goes in front of ``value``: written apart from it, it saves copying the value."""
+    return _FRAME.pack(_MAGIC, crc32(value), len(value))
+
+
 def seal(value: bytes) -> bytes:
-    return _FRAME.pack(_MAGIC, crc32(value), len(value)) + value
+    return seal_header(value) + value
 
 
 def unseal(framed: object) -> bytes | None:

@@ -32,6 +32,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..forwarding import FrameSink
 from ..geometry import Box
 from ..model import ChannelInfo, ChannelRef
 from ..singleflight import SingleFlight
@@ -175,12 +176,19 @@ class Upstream(ABC):
         """The Z,Y,X voxels of ``box`` (inside the level's bounds) at time ``t``."""
 
     async def read_encoded(
-        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
-    ) -> tuple[np.ndarray | None, bytes | None]:
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None,
+        sink: FrameSink | None = None,
+    ) -> tuple[np.ndarray | None, bytes | memoryview | None]:
         """``read``, plus the upstream's own Blosc1 frame of exactly those voxels when it sent
         one (already checked to decode to them), so the cache can keep the frame instead of
-        compressing the voxels again. By default there is no frame."""
+        compressing the voxels again. By default there is no frame.
+
+        A kind that ``forwards`` feeds the frame to ``sink`` as it arrives and hands it the
+        whole frame once checked (``relay.forwarding``); the others never get a sink."""
         return await self.read(ref, level, box, t, token), None
+
+    #: does ``read_encoded`` feed a sink (cut-through forwarding of an upstream's frames)?
+    forwards: ClassVar[bool] = False
 
     #: can this kind write cutouts into its store (``write``)?
     writes: ClassVar[bool] = False

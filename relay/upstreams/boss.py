@@ -25,6 +25,7 @@ import numpy as np
 from .. import dialect
 from ..codecs import DTYPES, MediaType, decode_blosc, encode
 from ..errors import UpstreamError
+from ..forwarding import FrameSink
 from ..geometry import Box, Vec3
 from ..model import (
     BOSS_CUBOID,
@@ -171,11 +172,15 @@ class BossUpstream(Upstream):
     ) -> np.ndarray | None:
         return (await self.read_encoded(ref, level, box, t, token))[0]
 
+    forwards = True
+
     async def read_encoded(
-        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None
-    ) -> tuple[np.ndarray | None, bytes | None]:
+        self, ref: ChannelRef, level: int, box: Box, t: int = 0, token: str | None = None,
+        sink: FrameSink | None = None,
+    ) -> tuple[np.ndarray | None, bytes | memoryview | None]:
         # The frame is kept as it came: every hop of a chain would otherwise compress the same
-        # voxels again, serially, on every cold read.
+        # voxels again, serially, on every cold read. With a sink it is also forwarded as it
+        # arrives, and handed over whole only once it has passed the same check.
         info = await self.channel_info(ref, token)
         self.check_level(level, len(info.levels))
         # A time range makes the answer 4-D (1, z, y, x): the same bytes as (z, y, x).
@@ -186,13 +191,15 @@ class BossUpstream(Upstream):
         response = await self.context.http.get(
             url, self.http_settings, where=self._where,
             headers=self._headers(token, "application/blosc"),
-            max_bytes=nbytes + BLOSC_SLACK,
+            max_bytes=nbytes + BLOSC_SLACK, sink=sink,
         )
         try:
             data = await offload(decode_blosc, response.content, info.dtype, box.shape_zyx,
                                  nbytes=nbytes)
         except ValueError as exc:
             raise UpstreamError(f"{self._where} sent a bad cutout for {ref}: {exc}") from exc
+        if sink is not None:
+            sink.checked(response.content)
         return data, response.content
 
 

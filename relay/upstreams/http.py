@@ -54,6 +54,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ..forwarding import FrameSink
 from ..hops import Hops
 
 __all__ = ["METADATA_MAX_BYTES", "HttpPool", "HttpSettings", "Reply",
@@ -69,6 +70,19 @@ _CHUNK = 1 << 20
 
 class _TooLarge(Exception):
     """A body past its cap (an error of the upstream's, not retried)."""
+
+
+async def _read_into(answer: aiohttp.ClientResponse, max_bytes: int,
+                     sink: FrameSink) -> bytes | memoryview:
+    """``_read_capped``, the body fed to ``sink`` as it arrives when its length is announced
+    (and then a view of it behind the sink's prefix)."""
+    length = answer.content_length
+    if length is None or length > max_bytes:
+        return await _read_capped(answer, max_bytes)
+    sink.begin(length)
+    async for chunk in answer.content.iter_any():  # what each socket read brought
+        sink.feed(chunk)
+    return sink.joined()
 
 
 async def _read_capped(answer: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -109,14 +123,14 @@ class Reply:
 
     status: int
     headers: Mapping[str, str]   # names in lower case
-    content: bytes
+    content: bytes | memoryview  # (a view when it was read into a sink)
 
     @property
     def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
+        return bytes(self.content).decode("utf-8", "replace")
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        return json.loads(bytes(self.content))
 
 
 class _Retryable(Exception):
@@ -261,6 +275,7 @@ class HttpPool:
         max_bytes: int = METADATA_MAX_BYTES,
         method: str = "GET",
         body: bytes | None = None,
+        sink: FrameSink | None = None,
     ) -> Reply:
         """GET ``url``; a 2xx reply with its body read (at most ``max_bytes``), or a
         RelayError.
@@ -268,7 +283,8 @@ class HttpPool:
         ``url`` is sent as built (already encoded, never re-quoted). ``where`` names the
         upstream in error messages: never a URL with credentials in it. ``post`` is the same
         with a body: a cutout POST is idempotent (the same voxels to the same place), so it
-        is retried like a GET.
+        is retried like a GET. A 2xx body is fed to ``sink`` as it arrives, try by try
+        (``relay.forwarding``).
         """
         target = URL(url, encoded=True)
         if target.user is not None and headers and any(
@@ -290,10 +306,13 @@ class HttpPool:
                 async with session.request(method, target, headers=headers, params=params,
                                            data=data, allow_redirects=False) as answer:
                     # an error page is read only as far as its message is shown
-                    cap = max_bytes if answer.status < 300 else METADATA_MAX_BYTES
+                    ok = 200 <= answer.status < 300
                     response = Reply(answer.status,
                                      {k.lower(): v for k, v in answer.headers.items()},
-                                     await _read_capped(answer, cap))
+                                     await _read_into(answer, max_bytes, sink)
+                                     if ok and sink is not None else
+                                     await _read_capped(answer, max_bytes if ok else
+                                                        METADATA_MAX_BYTES))
             except _TooLarge as exc:
                 raise UpstreamError(f"{where} sent a body larger than expected ({exc})") from exc
             except aiohttp.ClientError as exc:
