@@ -198,7 +198,7 @@ def nginx(root: Path) -> Iterator[str | None]:
         yield None
         return
     port = free_port()
-    prefix = root / "nginx"
+    prefix = root / f"nginx-{port}"  # (one per server: P1 and the curves each start one)
     prefix.mkdir()
     (prefix / "nginx.conf").write_text(f"""
 worker_processes 1;
