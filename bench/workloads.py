@@ -99,13 +99,15 @@ def p2(bench: Bench) -> None:
         capture_output=True, text=True, check=True, timeout=300).stdout))
     z, y, x = mode.shape_zyx
     box = f"100:{min(1100, x)}/50:{min(1050, y)}/3:{min(43, z)}/"
-    for accept in ("application/blosc", "application/npygz"):
+    # targets: issue 18's for Blosc, the first round's for npygz (zlib bounds it: perf.md)
+    for accept, target in (("application/blosc", 0.3), ("application/npygz", 0.5)):
         url = bench.relay.url + "/v1/cutout/b/e/u8/0/" + box
         http.get(url, headers={"Accept": accept})  # warm
         rate = median_of(mode.trials, functools.partial(_bytes_per_s, url, mode, accept))
         bench.report.rows.append(Row(
             f"P2 warm 1000×1000×40 {accept.split('/')[1]}", f"{rate / MiB:.0f} MiB/s",
-            f"loopback TCP {tcp / MiB:.0f} MiB/s", rate / tcp, "≥ 0.5", rate / tcp >= 0.5))
+            f"loopback TCP {tcp / MiB:.0f} MiB/s", rate / tcp, f"≥ {target}",
+            rate / tcp >= target))
 
 
 def write_precomputed(path: Path, data: np.ndarray) -> None:
@@ -205,13 +207,15 @@ def p5(bench: Bench) -> None:
     mode, relay = bench.mode, bench.relay
     hello = median_of(mode.trials, lambda: wrk(bench.raw + "/hello", mode, 8, "*/*")["rps"])
     depth = min(64, mode.shape_zyx[0])
-    for label, path in (("channel metadata", "/v1/collection/b/experiment/e/channel/u8/"),
-                        ("64³ cutout", f"/v1/cutout/b/e/u8/0/64:128/64:128/0:{depth}/")):
+    # issue 18's targets: 0.8 for metadata, 0.4 for a 64³ cutout (which must be assembled)
+    for label, path, target in (
+            ("channel metadata", "/v1/collection/b/experiment/e/channel/u8/", 0.8),
+            ("64³ cutout", f"/v1/cutout/b/e/u8/0/64:128/64:128/0:{depth}/", 0.4)):
         http.get(relay.url + path)
         rps = median_of(mode.trials, functools.partial(_rps, relay.url + path, mode, 8))
         bench.report.rows.append(Row(f"P5 tiny: {label}", f"{rps:.0f} req/s",
                                      f"raw Starlette hello {hello:.0f} req/s", rps / hello,
-                                     "≥ 0.8", rps / hello >= 0.8))
+                                     f"≥ {target}", rps / hello >= target))
 
 
 def curves(bench: Bench) -> None:

@@ -159,9 +159,19 @@ def key_prefix(channel: Channel, resolution: int, token: str | None = None) -> s
 def cache_key(channel: Channel, resolution: int, t: int, cuboid: CuboidPlan,
               token: str | None = None) -> str:
     """A readable, versioned key of one cuboid (see ``key_prefix``)."""
-    i, size = cuboid.index, channel.info.levels[resolution].cuboid
-    return (f"{key_prefix(channel, resolution, token)}/t{t}/{size.x}x{size.y}x{size.z}/"
-            f"{i.x}_{i.y}_{i.z}")
+    return _cell_key(_grid_prefix(channel, resolution, token), t, cuboid)
+
+
+def _grid_prefix(channel: Channel, resolution: int, token: str | None) -> tuple[str, str]:
+    """What the keys of a level's cuboids are made of, around the time (computed once per
+    request, not once per cuboid)."""
+    size = channel.info.levels[resolution].cuboid
+    return key_prefix(channel, resolution, token), f"{size.x}x{size.y}x{size.z}"
+
+
+def _cell_key(grid: tuple[str, str], t: int, cuboid: CuboidPlan) -> str:
+    i = cuboid.index
+    return f"{grid[0]}/t{t}/{grid[1]}/{i.x}_{i.y}_{i.z}"
 
 
 def _source_label(source: SourceSettings) -> str:
@@ -303,8 +313,8 @@ class CutoutService:
         check_cells(level, request.box, len(times))
         planned = [(ti, t, cuboid) for ti, t in enumerate(times)
                    for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)]
-        keys = [cache_key(request.channel, request.resolution, t, cuboid, request.token)
-                for _, t, cuboid in planned]
+        grid = _grid_prefix(request.channel, request.resolution, request.token)
+        keys = [_cell_key(grid, t, cuboid) for _, t, cuboid in planned]
         if request.channel.source.writable:
             versioned = await self.versioned(request.channel, keys)
             if versioned is None:  # a fleet whose versions cannot be read: afresh
@@ -326,7 +336,10 @@ class CutoutService:
                 if frame is not None:
                     self.metrics.inc("stored_frame_hits_total")
             return Cutout(data, stale_age, frame, where, (fetched_at,))
-        out = np.zeros((len(times), *request.box.shape_zyx), dtype=info.dtype)
+        # every voxel of a box inside the level's bounds comes from a cuboid: nothing to zero
+        shape = (len(times), *request.box.shape_zyx)
+        out = (np.empty(shape, info.dtype) if level.bounds.contains(request.box)
+               else np.zeros(shape, info.dtype))
         limit = asyncio.Semaphore(self._max_parallel)
         stale_ages: list[float] = []
         outcomes: set[Outcome] = {"memory"}

@@ -67,18 +67,26 @@ def plan(request: Box, cuboid: Vec3, origin: Vec3, bounds: Box) -> Iterator[Cubo
     inside = request.intersect(bounds)
     if inside is None:
         return
-    axes = [
-        _cells(inside.start[a], inside.stop[a], origin[a], cuboid[a]) for a in range(3)
-    ]
-    for ix, iy, iz in itertools.product(*axes):
-        index = Vec3(ix, iy, iz)
-        cell = cuboid_box(index, cuboid, origin, bounds)
-        assert cell is not None  # every cell touched by `inside` overlaps the bounds
-        overlap = cell.intersect(inside)
-        assert overlap is not None
-        yield CuboidPlan(
-            index=index,
-            box=cell,
-            src=overlap.zyx_slices(cell.start),
-            dst=overlap.zyx_slices(request.start),
-        )
+    # Each axis on its own (a cell's extent, its slices), then their product: boxes are
+    # intersected per axis instead of per cell, which was most of a small cutout's planning.
+    axes = [_axis(inside.start[a], inside.stop[a], origin[a], cuboid[a], bounds.start[a],
+                  bounds.stop[a], request.start[a]) for a in range(3)]
+    for (ix, x0, x1, sx, dx), (iy, y0, y1, sy, dy), (iz, z0, z1, sz, dz) in itertools.product(
+            *axes):
+        yield CuboidPlan(index=Vec3(ix, iy, iz), box=Box(Vec3(x0, y0, z0), Vec3(x1, y1, z1)),
+                         src=(sz, sy, sx), dst=(dz, dy, dx))
+
+
+def _axis(lo: int, hi: int, origin: int, size: int, bound_lo: int, bound_hi: int,
+          request_lo: int) -> list[tuple[int, int, int, slice, slice]]:
+    """Along one axis, for each cell the part ``[lo, hi)`` of the request (inside the bounds)
+    touches: its index, its extent clipped to the bounds, and the slices that move its
+    overlap with the request out of the cuboid and into the output."""
+    cells = []
+    for i in _cells(lo, hi, origin, size):
+        start = max(origin + i * size, bound_lo)
+        stop = min(origin + (i + 1) * size, bound_hi)
+        a, b = max(start, lo), min(stop, hi)
+        cells.append((i, start, stop, slice(a - start, b - start),
+                      slice(a - request_lo, b - request_lo)))
+    return cells

@@ -35,7 +35,11 @@ def data_headers(request: Request, channel: Channel, cutout: Cutout, representat
     """``ETag``, ``Cache-Control`` and ``Vary`` for a data response of ``cutout`` in
     ``representation`` (its media type and encoding)."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{request.url.path}?{request.url.query}|{representation}".encode())
+    # the path and query as sent (not ``request.url``, which builds a whole URL per request)
+    scope = request.scope
+    digest.update(f"{scope['path']}?".encode())
+    digest.update(scope["query_string"])
+    digest.update(f"|{representation}".encode())
     digest.update(struct.pack(f"<{len(cutout.fetched)}d", *cutout.fetched))
     source = channel.source
     private = channel.upstream.partitioned or bool(request.app.state.settings.server.tokens)
