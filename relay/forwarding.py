@@ -66,7 +66,7 @@ class FrameSink:
         """A try's 2xx answer announcing ``length`` bytes."""
         self.tries += 1
         self._announced, self._received = length, 0
-        self.chunks = []
+        self.chunks, self.packed = [], None
         self.changed.set()
 
     def feed(self, chunk: bytes) -> None:
@@ -83,6 +83,7 @@ class FrameSink:
     def joined(self) -> memoryview:
         """The try's whole body (behind the prefix in ``packed``)."""
         self.packed = b"".join([self.prefix, *self.chunks])
+        self.chunks = []  # (what is still to be forwarded is sent from the frame)
         return memoryview(self.packed)[len(self.prefix):]
 
     def checked(self, frame: bytes | memoryview) -> None:

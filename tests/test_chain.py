@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blosc
 import httpx
 import numpy as np
 import pytest
@@ -138,3 +139,44 @@ def test_killing_the_middle_relay_fails_fast_and_restarting_restores(chain: Chai
     got = np.frombuffer(__import__("blosc").decompress(response.content), np.uint16)
     np.testing.assert_array_equal(got.reshape(10, 100, 100),
                                   truth("ch16", 0, (1500, 900, 60), (1600, 1000, 70)))
+
+
+@pytest.mark.parametrize("channel", ["ch1", "ch16", "anno"])
+def test_first_touch_cuboids_are_forwarded_whole_and_right(
+        fixture_sources: list[dict[str, Any]], tmp_path: Path, channel: str) -> None:
+    """A cold request of exactly one cuboid is forwarded hop by hop as it arrives
+    (``relay.forwarding``): every level, an interior cuboid and the partial one at the far
+    corner, each equal to the written voxels, and forwarding counted by both hops. A chain of
+    its own: nothing in it is warm."""
+    chain = Chain(tmp_path, fixture_sources)
+    try:
+        _forwarded_and_right(chain, channel)
+    finally:
+        chain.stop()
+
+
+def _forwarded_and_right(chain: Chain, channel: str) -> None:
+    base = chain.laptop.url
+    forwarded = {relay: relay.metrics().get("relay_forwarded_total", 0)
+                 for relay in (chain.laptop, chain.lab)}
+    asked = 0
+    for res in range(3):
+        info = httpx.get(f"{base}/v1/downsample/col1/exp1/{channel}/").json()
+        cx, cy, cz = info["cuboid_size"][str(res)]
+        ex, ey, ez = info["extent"][str(res)]
+        last = ((ex - 1) // cx * cx, (ey - 1) // cy * cy, (ez - 1) // cz * cz)
+        for start in ((0, 0, cz), last):
+            stop = (min(start[0] + cx, ex), min(start[1] + cy, ey), min(start[2] + cz, ez))
+            ranges = "/".join(f"{a}:{b}" for a, b in zip(start, stop, strict=True))
+            answer = httpx.get(f"{base}/v1/cutout/col1/exp1/{channel}/{res}/{ranges}/",
+                               headers={"Accept": "application/blosc"}, timeout=60)
+            assert answer.status_code == 200, (ranges, res, info, answer.text)
+            assert answer.headers["x-cache"] != "HIT"  # first touch at every hop
+            expected = truth(channel, res, start, stop)
+            got = np.frombuffer(blosc.decompress(answer.content), expected.dtype)
+            np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+            asked += 1
+    # a frame that arrives whole in one read is answered as it is, checked; the others were
+    # forwarded (the 4 MiB ones at the least)
+    for relay, before in forwarded.items():
+        assert 1 <= relay.metrics()["relay_forwarded_total"] - before <= asked
