@@ -19,7 +19,6 @@ sent is that frame's beginning.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,8 +27,6 @@ from .geometry import Box
 from .metrics import Metrics
 
 __all__ = ["ForwardBroken", "Forwarded", "FrameSink"]
-
-log = logging.getLogger(__name__)
 
 #: a Blosc1 header: what must have arrived before the first byte is forwarded
 _HEADER_BYTES = 16
