@@ -250,7 +250,7 @@ class CutoutService:
         level = channel.info.levels[request.resolution]
         if exact_cuboid(request.box, level.cuboid, level.origin, level.bounds) is None:
             return None
-        return FrameSink(request.box, request.box.voxels * channel.info.dtype.itemsize)
+        return FrameSink(request.box, channel.info.dtype)
 
     async def _forward(self, request: CutoutRequest, sink: FrameSink) -> Cutout:
         """The request read with ``sink``: forwarded once its upstream read is under way and
@@ -496,7 +496,7 @@ class CutoutService:
                 # the frame is put together behind its cache header as it arrives (and
                 # forwarded, when the request is this one cuboid and wants it)
                 sink = (request.sink if request.sink is not None and request.sink.box == box
-                        else FrameSink(box, box.voxels * dtype.itemsize))
+                        else FrameSink(box, dtype))
                 sink.fetched_at = fetched_at
                 sink.prefix = packed_header(box.shape_zyx, dtype, fetched_at)
             try:

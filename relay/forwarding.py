@@ -22,6 +22,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+
 from .codecs import blosc_sizes
 from .geometry import Box
 from .metrics import Metrics
@@ -43,9 +45,9 @@ class FrameSink:
     ``relay.cutout``), and to put the body together behind ``prefix`` (the cache's header),
     so the cached value is made in the one copy that joins the body's pieces."""
 
-    def __init__(self, box: Box, nbytes: int, prefix: bytes = b"") -> None:
+    def __init__(self, box: Box, dtype: np.dtype[Any], prefix: bytes = b"") -> None:
         self.box = box
-        self.nbytes = nbytes    # the voxels' bytes: what the frame must decode to
+        self.nbytes = box.voxels * dtype.itemsize  # what the frame must decode to
         self.prefix = prefix
         self.packed: bytes | None = None  # the prefix and the last try's whole body
         self.fetched_at = 0.0   # when the read began (the version the response names)

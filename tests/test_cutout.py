@@ -34,6 +34,7 @@ class FakeUpstream(Upstream):
         super().__init__(source, context)
         self.reads = 0
         self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()  # set when a read begins
 
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         level = Level((4.0, 4.0, 40.0), BOUNDS, Vec3(16, 16, 8), Vec3(0, 0, 0))
@@ -42,6 +43,7 @@ class FakeUpstream(Upstream):
     async def read(self, ref: ChannelRef, level: int, box: Box, t: int = 0,
                    token: str | None = None) -> np.ndarray | None:
         self.reads += 1
+        self.reading.set()
         if self.gate is not None:
             await self.gate.wait()
         data = VOLUME[box.zyx_slices()]
@@ -123,15 +125,6 @@ async def test_a_box_of_exactly_one_cuboid_is_answered_with_that_cuboid(box: Box
     assert upstream.reads == 1
 
 
-async def _until(condition: Any) -> None:
-    """Let other tasks run until ``condition()`` holds (bounded: no wall-clock waiting)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
-
-
 async def test_a_lookup_that_outlives_a_fetch_does_not_read_upstream_again() -> None:
     """The race a check-then-join cache lookup has: request 2 misses memory, waits on a slow
     tier while request 1's fetch lands and leaves, then misses the slow tier (its write has
@@ -142,11 +135,19 @@ async def test_a_lookup_that_outlives_a_fetch_does_not_read_upstream_again() -> 
     box = Box.of((0, 0, 0), (16, 16, 8))
     slow.release.set()  # request 1's lookup passes straight through
     first = asyncio.create_task(service.read(_request(channel, box)))
-    await _until(lambda: upstream.reads == 1)
+    await asyncio.wait_for(upstream.reading.wait(), 5)
+    assert upstream.reads == 1
     slow.release.clear()  # request 2's lookup will hang in the slow tier
+    asked = asyncio.Event()  # set as request 2 asks the single flight for the cuboid
+    ask = service.flights.do
+
+    async def asking(key: str, work: Any) -> Any:
+        asked.set()
+        return await ask(key, work)
+
+    service.flights.do = asking  # type: ignore[method-assign]
     second = asyncio.create_task(service.read(_request(channel, box)))
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(asked.wait(), 5)  # (it has joined by the time this task runs)
     upstream.gate.set()
     await first
     slow.release.set()
