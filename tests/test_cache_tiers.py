@@ -155,3 +155,65 @@ async def test_tiered_failures_are_misses_not_errors() -> None:
     assert cache.counters["broken_errors"] >= 3
     assert cache.tier_stats()["broken"] == {}
     await cache.aclose()
+
+
+async def test_a_lookup_that_raced_a_delete_does_not_promote_the_old_value() -> None:
+    """Finding 1 of issue 25: a read that found a key on disk just before a write's delete
+    reached the disk put the old value back into memory after the delete had emptied it, and
+    the relay served the replaced voxels from then on. Its answer may be the old value (it was
+    asked before the delete was over); memory must not keep it."""
+    found_it, go_on = asyncio.Event(), asyncio.Event()
+
+    class SlowDisk(MemoryTier):  # a lower tier whose read is slow after it has the value
+        name = "disk"
+
+        async def get(self, key: str) -> bytes | None:
+            got = await super().get(key)
+            found_it.set()
+            await go_on.wait()
+            return got
+
+    memory, disk = MemoryTier(BUDGET), SlowDisk(BUDGET)
+    await disk.put("k", value(1))
+    cache = TieredCache([memory, disk])
+    lookup = asyncio.ensure_future(cache.find("k"))
+    await found_it.wait()
+    await cache.delete("k")  # memory, then the disk: the lookup holds the old value already
+    go_on.set()
+    assert await lookup == (value(1), "disk")
+    assert await memory.get("k") is None
+    assert await cache.get("k") is None
+    assert cache.counters["promotions_skipped"] == 1
+    # a lookup that begins after a delete has ended promotes as ever
+    await disk.put("k", value(2))
+    assert await cache.get("k") == value(2)
+    assert await memory.get("k") == value(2)
+    assert not cache._deleted_at  # no lookup under way: no marks kept
+    await cache.aclose()
+
+
+async def test_a_lookup_that_began_during_a_delete_does_not_promote() -> None:
+    """The delete is under way (memory emptied, the disk not yet) when a lookup begins and
+    finds the old value on disk: not promoted either."""
+    deleting, go_on = asyncio.Event(), asyncio.Event()
+
+    class SlowDeleteDisk(MemoryTier):
+        name = "disk"
+
+        async def delete(self, key: str) -> None:
+            deleting.set()
+            await go_on.wait()
+            await super().delete(key)
+
+    memory, disk = MemoryTier(BUDGET), SlowDeleteDisk(BUDGET)
+    await disk.put("k", value(1))
+    await memory.put("k", value(1))
+    cache = TieredCache([memory, disk])
+    delete = asyncio.ensure_future(cache.delete("k"))
+    await deleting.wait()
+    assert await cache.find("k") == (value(1), "disk")
+    go_on.set()
+    await delete
+    assert await memory.get("k") is None
+    assert await cache.get("k") is None
+    await cache.aclose()

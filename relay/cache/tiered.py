@@ -12,6 +12,14 @@ fetched the value is about to be answered anyway). Writes to slower tiers run as
 tasks so a diskcache ``set`` (a file write and a SQLite commit) never sits on the response
 path; their pending bytes are bounded, and past the bound a write is dropped (the entry is
 simply not cached there).
+
+A delete is final for every lookup that did not end before it began. A lookup that finds a key
+in a slower tier copies it into the faster ones (promotion), but the copy is made only when no
+delete of that key began since the lookup did: otherwise a read that found the old value on
+disk just before a write's delete reached the disk would put it back into memory after the
+delete had emptied memory, and the relay would serve the voxels the write replaced for as long
+as memory kept them. (The value itself is still the answer to that read: it was asked before
+the delete was over.)
 """
 
 from __future__ import annotations
@@ -62,6 +70,15 @@ class TieredCache(CacheTier):
                 self.counters[f"{tier.name}_{event}"] = 0
         self.counters["misses"] = 0
         self.counters["in_transit_hits"] = 0
+        self.counters["promotions_skipped"] = 0
+        # Deletes against promotions (see the module): a clock that ticks at every lookup's
+        # start and every delete's start and end; each key's last delete tick; the ticks of the
+        # lookups under way. A key's mark is needed only while a lookup that began before it
+        # is under way, so marks are let go when no lookup is (the table stays small).
+        self._tick = 0
+        self._deleted_at: dict[str, int] = {}
+        self._deleting: dict[str, int] = {}
+        self._lookups = 0
 
     async def get(self, key: str) -> bytes | None:
         return (await self.find(key))[0]
@@ -69,11 +86,15 @@ class TieredCache(CacheTier):
     async def find(self, key: str) -> tuple[bytes | None, str | None]:
         """``get``, and the name of the tier that held the value (None on a miss; "memory"
         for a value still on its way down, which is held in memory)."""
-        for depth, tier in enumerate(self.tiers):
-            value = await self._guard(tier, "get", functools.partial(tier.get, key))
-            if value is not None:
-                await self._hit(depth, key, value)
-                return value, tier.name
+        began = self._begin_lookup()
+        try:
+            for depth, tier in enumerate(self.tiers):
+                value = await self._guard(tier, "get", functools.partial(tier.get, key))
+                if value is not None:
+                    await self._hit(depth, key, value, began)
+                    return value, tier.name
+        finally:
+            self._end_lookup()
         value = self._in_transit.get(key)
         if value is not None:
             self.counters["in_transit_hits"] += 1
@@ -90,16 +111,39 @@ class TieredCache(CacheTier):
             yield None
             return
         depth, tier = self._shared
-        async with tier.lease(key) as supplied:
-            if supplied is not None:
-                await self._hit(depth, key, supplied)
-            yield supplied
+        began = self._begin_lookup()
+        try:
+            async with tier.lease(key) as supplied:
+                if supplied is not None:
+                    await self._hit(depth, key, supplied, began)
+                yield supplied
+        finally:
+            self._end_lookup()
 
-    async def _hit(self, depth: int, key: str, value: bytes) -> None:
-        """Count a hit in the tier at ``depth`` and copy the value into the faster tiers."""
+    async def _hit(self, depth: int, key: str, value: bytes, began: int) -> None:
+        """Count a hit in the tier at ``depth`` and copy the value into the faster tiers,
+        unless a delete of ``key`` began since the lookup did (tick ``began``)."""
         self.counters[f"{self.tiers[depth].name}_hits"] += 1
         for upper_depth, upper in enumerate(self.tiers[:depth]):
+            if not self._promotable(key, began):
+                self.counters["promotions_skipped"] += 1
+                return
             await self._put_one(upper, key, value, upper_depth)
+
+    def _begin_lookup(self) -> int:
+        self._tick += 1
+        self._lookups += 1
+        return self._tick
+
+    def _end_lookup(self) -> None:
+        self._lookups -= 1
+        if not self._lookups:
+            self._deleted_at.clear()
+
+    def _promotable(self, key: str, began: int) -> bool:
+        """May a value of ``key`` found by a lookup that began at tick ``began`` be copied
+        into a faster tier: is no delete of it under way, and did none begin since?"""
+        return key not in self._deleting and self._deleted_at.get(key, 0) < began
 
     async def put(self, key: str, value: bytes) -> None:
         for depth, tier in enumerate(self.tiers):
@@ -136,11 +180,22 @@ class TieredCache(CacheTier):
         """Remove ``key`` from every tier; a write-behind of it still on its way down lands
         first, so it cannot put the value back after the delete (a write to the store drops
         what it touched this way)."""
-        self._in_transit.pop(key, None)
-        while (pending := self._pending_by_key.get(key)) is not None and not pending.done():
-            await asyncio.wait([pending])
-        for tier in self.tiers:
-            await self._guard(tier, "delete", functools.partial(tier.delete, key))
+        self._tick += 1
+        self._deleting[key] = self._deleting.get(key, 0) + 1
+        try:
+            self._in_transit.pop(key, None)
+            while (pending := self._pending_by_key.get(key)) is not None and not pending.done():
+                await asyncio.wait([pending])
+            for tier in self.tiers:
+                await self._guard(tier, "delete", functools.partial(tier.delete, key))
+        finally:
+            self._tick += 1
+            if self._lookups:  # (a lookup that began before this one may still promote)
+                self._deleted_at[key] = self._tick
+            if (left := self._deleting[key] - 1) > 0:
+                self._deleting[key] = left
+            else:
+                del self._deleting[key]
 
     @property
     def versioned(self) -> bool:
