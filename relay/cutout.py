@@ -227,7 +227,7 @@ class CutoutService:
         if versions is None:
             self.metrics.inc("versions_unknown_total")
             return None
-        return [f"{k}@{v}" if v else k for k, v in zip(keys, versions, strict=True)]
+        return [f"{k}@{v}" for k, v in zip(keys, versions, strict=True)]
 
     async def answer(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
         """What the handler sends, in one call: with ``frame_ok`` (the answer is a Blosc1

@@ -19,7 +19,7 @@ from cloudvolume import CloudVolume
 from intern.remote.boss import BossRemote
 
 from .dvid_double import DvidDouble
-from .servers import RelayProcess, ThreadedServer, relay_over, write_config
+from .servers import RedisServer, RelayProcess, ThreadedServer, relay_over, write_config
 from .test_pyramid import reference_mean
 
 SHAPE_ZYX = (20, 150, 200)
@@ -400,6 +400,55 @@ def test_a_relay_sharing_the_redis_tier_serves_a_write_at_once(tmp_path: Path,
     finally:
         for relay in relays:
             relay.stop()
+
+
+@pytest.mark.parametrize("loss", ["flush", "restart"])
+def test_a_redis_that_lost_its_memory_brings_no_old_voxels_back(tmp_path: Path,
+                                                                loss: str) -> None:
+    """Finding 2 of issue 25: two relays share a Redis; both read 7; A writes 11; Redis loses
+    its memory (FLUSHALL, or a restart without persistence, as docs/scaling.md advises): B
+    served 7 again with no write at all, and after A wrote 22 (a 201) both served 11. Every
+    read after each 201 is what was written, on both relays."""
+    initial = np.full(SHAPE_ZYX, 7, np.uint16)
+    source = _fleet_store(tmp_path, initial)
+    box = ((30, 95), (12, 70), (3, 15))
+    url = "/v1/cutout/fleet/w/u16/0/{}:{}/{}:{}/{}:{}/".format(*box[0], *box[1], *box[2])
+    shape = (12, 58, 65)
+    with RedisServer(tmp_path / "redis") as redis:
+        relays = [RelayProcess(["--config", str(write_config(
+            tmp_path / f"{name}.yaml", [source], tmp_path / f"{name}-cache",
+            redis_url=redis.url))], log=tmp_path / f"{name}.log").start() for name in "ab"]
+        a, b = relays
+
+        def served(relay: RelayProcess) -> set[int]:
+            got = httpx.get(relay.url + url)
+            assert got.status_code == 200, got.text
+            return set(np.unique(_decoded(got.content, "uint16", box)).tolist())
+
+        def write(value: int) -> None:
+            created = httpx.post(a.url + url, content=_blosc(np.full(shape, value, np.uint16)),
+                                 headers={"Content-Type": "application/blosc"})
+            assert created.status_code == 201, created.text
+
+        try:
+            for relay in (a, b, a, b):
+                assert served(relay) == {7}
+            write(11)
+            for relay in (a, b, a, b):  # the second read of each is from its own memory
+                assert served(relay) == {11}
+            if loss == "flush":
+                redis.cli("flushall")
+            else:
+                redis.kill()
+                redis.start()
+            for relay in (b, a, b, a):
+                assert served(relay) == {11}, relay.url
+            write(22)
+            for relay in (b, a, b, a):
+                assert served(relay) == {22}, relay.url
+        finally:
+            for relay in relays:
+                relay.stop()
 
 
 def _decoded(body: bytes, dtype: str, box: tuple[tuple[int, int], ...]) -> np.ndarray:

@@ -58,17 +58,19 @@ class Versioned(Protocol):
     relays cache a writable source's cuboid under its key and version, so a write that bumps
     the version makes every relay's copies of the old one unreachable at once (docs/writes.md)."""
 
-    async def versions(self, keys: Sequence[str]) -> list[int] | None:
-        """Each key's version (0 when never bumped); None when the tier cannot be asked."""
+    async def versions(self, keys: Sequence[str]) -> list[str] | None:
+        """Each key's version, a token made afresh by each bump and whenever the tier has
+        lost the key's version (so never one an earlier copy was cached under); None when the
+        tier cannot be asked."""
         ...
 
     async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
-        """Add one to each key's version; with ``writing_for``, mark the keys as being written
+        """Give each key a new version; with ``writing_for``, mark the keys as being written
         for at most that many seconds (a writer killed mid-write leaves the mark to expire),
         else clear the mark. False when the tier could not be told."""
         ...
 
-    async def settled(self, key: str, version: int) -> bool:
+    async def settled(self, key: str, version: str) -> bool:
         """May what was read of ``key`` under ``version`` be cached: is that still its version,
         with no write of it under way? False when the tier cannot say."""
         ...

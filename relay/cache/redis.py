@@ -136,6 +136,11 @@ def _without_credentials(url: str) -> str:
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
 
+def _token() -> str:
+    """A new write version: 64 random bits, never the same twice in practice."""
+    return uuid.uuid4().hex[:16]
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
@@ -250,52 +255,58 @@ class RedisTier(CacheTier):
         with suppress(_Skipped):
             await self._call(lambda: self.client.delete(self._keys(key)[0]))
 
-    async def versions(self, keys: Sequence[str]) -> list[int] | None:
-        """Each key's write version (``Versioned``): one pipelined round trip; None while
-        Redis cannot be asked."""
+    async def versions(self, keys: Sequence[str]) -> list[str] | None:
+        """Each key's write version (``Versioned``): one pipelined round trip (two for keys
+        never seen, which are given a version of their own); None while Redis cannot be
+        asked.
+
+        A version is a random token, not a count: a Redis that lost its memory (restarted
+        without persistence, flushed, a version evicted) gives every key a new token the
+        first time it is asked again, never one an earlier copy was cached under. A counter
+        would start again at 0 and bring every copy cached before the loss back to life."""
         if not keys:
             return []
+        names = [self._keys(key)[0] + ":ver" for key in keys]
 
         async def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.get(self._keys(key)[0] + ":ver")
+            for name in names:
+                pipe.get(name)
             return list(await pipe.execute())
+
+        async def mint(missing: list[str]) -> list[Any]:
+            # SET NX, then GET: when two relays mint at once, both read the one that won
+            fresh = _token()
+            pipe = self.client.pipeline(transaction=False)
+            for name in missing:
+                pipe.set(name, fresh, nx=True)
+                pipe.get(name)
+            return list(await pipe.execute())[1::2]
 
         try:
             found = await self._call(read)
+            missing = [name for name, v in zip(names, found, strict=True) if v is None]
+            if missing:
+                minted = dict(zip(missing, await self._call(lambda: mint(missing)),
+                                  strict=True))
+                found = [minted[name] if v is None else v
+                         for name, v in zip(names, found, strict=True)]
         except Exception:  # counted by _call (or skipped while the breaker is open)
             return None
-        return [int(v) if v is not None and v.isdigit() else 0 for v in found]
-
-    async def _check_eviction(self) -> None:
-        """Say once if Redis may evict the write versions (``allkeys-*``): a version evicted
-        with its cuboids could bring an old copy another relay holds back to life."""
-        self._eviction_checked = True
-        try:
-            policy = await self._call(lambda: self.client.config_get("maxmemory-policy"))
-        except Exception:  # CONFIG is often disabled on managed Redis: nothing to say then
-            return
-        value = policy.get("maxmemory-policy") if isinstance(policy, dict) else None
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, str) and value.startswith("allkeys"):
-            log.warning("shared tier %s evicts any key (maxmemory-policy %s): the write "
-                        "versions of writable sources may go with it; use volatile-lru and "
-                        "cache.redis_ttl_seconds (docs/writes.md)", self.where, value)
-
-    _eviction_checked = False
+        if any(v is None for v in found):  # evicted as soon as made: nothing to trust
+            return None
+        return [v.decode("ascii", "replace") for v in found]
 
     async def bump(self, keys: Sequence[str], writing_for: float | None = None) -> bool:
-        if not self._eviction_checked:
-            await self._check_eviction()
+        fresh = _token()
 
-        async def incr() -> None:
+        async def renew() -> None:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 value_key = self._keys(key)[0]
-                # no expiry: a version that vanished would bring an old copy back to life
-                pipe.incr(value_key + ":ver")
+                # no expiry (one that expired, or was evicted, costs every relay its copies
+                # of the key: a new version is made when it is next asked for)
+                pipe.set(value_key + ":ver", fresh)
                 if writing_for is not None:
                     pipe.set(value_key + ":writing", b"1", px=max(1, int(writing_for * 1000)))
                 else:
@@ -303,12 +314,12 @@ class RedisTier(CacheTier):
             await pipe.execute()
 
         try:
-            await self._call(incr)
+            await self._call(renew)
         except Exception:
             return False
         return True
 
-    async def settled(self, key: str, version: int) -> bool:
+    async def settled(self, key: str, version: str) -> bool:
         value_key = self._keys(key)[0]
 
         async def look() -> list[Any]:
@@ -321,7 +332,7 @@ class RedisTier(CacheTier):
             found, writing = await self._call(look)
         except Exception:
             return False
-        return int(found or 0) == version and not writing
+        return found is not None and found.decode("ascii", "replace") == version and not writing
 
     async def end_lease(self, key: str) -> None:
         """End this process's lease of ``key`` without storing a value (what it read may not

@@ -202,8 +202,8 @@ class TieredCache(CacheTier):
         """Is there a shared tier keeping the fleet's write versions (``Versioned``)?"""
         return self._shared is not None and isinstance(self._shared[1], Versioned)
 
-    async def versions(self, keys: Sequence[str]) -> list[int] | None:
-        """The fleet's write version of each key (0: never written), or None when the
+    async def versions(self, keys: Sequence[str]) -> list[str] | None:
+        """The fleet's write version of each key (``Versioned.versions``), or None when the
         shared tier cannot say (it is down: nothing cached may be trusted for them)."""
         return await self._versioned().versions(keys)
 
@@ -224,9 +224,7 @@ class TieredCache(CacheTier):
         ``CutoutService.versioned`` makes them) be cached? Not when a write of it has begun
         since, or is under way (see ``Versioned.settled``)."""
         key, _, version = versioned_key.rpartition("@")
-        if not key:
-            key, version = versioned_key, "0"
-        return await self._versioned().settled(key, int(version))
+        return await self._versioned().settled(key, version)
 
     async def end_lease(self, key: str) -> None:
         await self._versioned().end_lease(key)
