@@ -24,6 +24,7 @@ import io
 import math
 import os
 import pickle
+import re
 import struct
 from enum import StrEnum
 from typing import Any
@@ -266,20 +267,132 @@ def _decompressed(frame: bytes | memoryview, expected: int) -> bytes | memoryvie
     return raw
 
 
-#: What a pickled numpy array may name (numpy 1.x and 2.x spellings; ``_codecs.encode`` is how
-#: protocol 2 carries bytes). Anything else in an uploaded pickle is refused unmade.
-_PICKLE_GLOBALS = frozenset({
-    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})
+# --- blosc-python uploads ---------------------------------------------------------------------
+#
+# ``blosc.pack_array`` is a pickle of the array, and numpy pickles an array in one of two ways:
+# protocol 5 (what pack_array uses) as ``_frombuffer(buffer, dtype, shape, order)``, older
+# protocols as ``_reconstruct(ndarray, (0,), b"b")`` followed by ``__setstate__((version, shape,
+# dtype, fortran, rawdata))``. Neither is let run: numpy's own functions would allocate the
+# claimed shape before anything is checked (a 112-byte pickle of ``ndarray((2**27,), object)``
+# is 1 GiB filled with None) or make an array without its data (``np.empty``: whatever memory
+# held, a private channel's voxels among it, written to the store). The unpickler below maps
+# each name a numpy array pickle uses to a stand-in that only records what the pickle claims;
+# ``_claimed_array`` then checks the claim (unsigned integers, the URL's shape, the voxels'
+# bytes all there, in the pickle) and only then makes the array, as a view of those bytes.
+
+
+class _Ndarray:
+    """Stands in for ``numpy.ndarray`` (a pickle names it as ``_reconstruct``'s first
+    argument): nothing can be made from it."""
+
+
+class _Dtype:
+    """What a pickled ``numpy.dtype`` claims: its type code, and its byte order (from its
+    state), without numpy parsing a state it was sent."""
+
+    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
+        if not isinstance(code, str) or len(code) > 8:
+            raise pickle.UnpicklingError("a dtype of something other than a type code")
+        self.code = code
+        self.order = "="
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+        else:
+            raise pickle.UnpicklingError("a dtype state that is not a plain type's")
+
+    def dtype(self) -> np.dtype[Any] | None:
+        """The plain unsigned-integer dtype it names, or None."""
+        if not re.fullmatch(r"u[1248]", self.code):
+            return None
+        return np.dtype({"<": "<", ">": ">"}.get(self.order, "=") + self.code)
+
+
+class _Claim:
+    """An array a pickle claims: its shape, dtype, bytes and order, checked before use."""
+
+    def __init__(self) -> None:
+        self.shape: object = None
+        self.dtype: object = None
+        self.data: object = None
+        self.fortran: object = False
+
+    def __setstate__(self, state: object) -> None:  # ``_reconstruct``'s array, then its state
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError("an array state of another form")
+        _, self.shape, self.dtype, self.fortran, self.data = state
+
+
+def _reconstruct(kind: object, shape: object, typecode: object) -> _Claim:
+    if kind is not _Ndarray:
+        raise pickle.UnpicklingError("_reconstruct of something other than an ndarray")
+    return _Claim()
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> _Claim:
+    claim = _Claim()
+    claim.data, claim.dtype, claim.shape, claim.fortran = buffer, dtype, shape, order == "F"
+    return claim
+
+
+def _latin1(text: object, encoding: object = "latin1") -> bytes:
+    """``_codecs.encode``: how protocol 2 carries bytes (as a latin-1 string)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode of something other than bytes")
+    return text.encode("latin1")
+
+
+#: What a pickled numpy array may name (numpy 1.x and 2.x spellings), and what stands in for
+#: each. Anything else in an uploaded pickle is refused unmade.
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("_core", "core")},
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("_core", "core")},
+    ("numpy", "ndarray"): _Ndarray, ("numpy", "dtype"): _Dtype, ("_codecs", "encode"): _latin1,
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _PICKLE_GLOBALS:
+        stand_in = _PICKLE_GLOBALS.get((module, name))
+        if stand_in is None:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a numpy array")
-        return super().find_class(module, name)
+        return stand_in
+
+
+def _claimed_array(claim: object, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The array ``claim`` describes, if it is a plain unsigned array of ``shape`` (a 3-D one
+    also as one time sample, as BossDB reads it) whose bytes are all in the pickle; else
+    BossDB's 2001 (another dtype) or 2002 (anything else)."""
+    if not isinstance(claim, _Claim) or not isinstance(claim.dtype, _Dtype):
+        raise DataDimensionMismatch("The body is not a packed numpy array")
+    claimed = claim.dtype.dtype()
+    if claimed is None:
+        raise DataDimensionMismatch(
+            f"The body is not a packed array of unsigned integers ({claim.dtype.code[:8]})")
+    if claimed.newbyteorder("<") != dtype:
+        raise DatatypeMismatch(f"The body holds {claimed.name} voxels; this channel is "
+                               f"{dtype.name}")
+    got = claim.shape
+    if (not isinstance(got, tuple) or len(got) > 4
+            or not all(isinstance(n, int) and 0 <= n < 2**40 for n in got)):
+        raise DataDimensionMismatch("The body's array has no plain shape")
+    as_series = (1, *got) if len(got) == 3 else got
+    wanted = (1, *shape) if len(shape) == 3 else shape
+    if as_series != wanted:
+        raise DataDimensionMismatch(
+            "Data dimensions in URL do not match POSTed data: the body's array is "
+            f"{' x '.join(map(str, got))}, the URL's box {' x '.join(map(str, shape))} "
+            f"({'t, ' if len(shape) == 4 else ''}z, y, x)")
+    data = claim.data
+    if not isinstance(data, bytes | bytearray):
+        raise DataDimensionMismatch("The body's array does not carry its voxels")
+    if memoryview(data).nbytes != int(np.prod(shape)) * dtype.itemsize:
+        raise DataDimensionMismatch(
+            f"The body's array carries {memoryview(data).nbytes} bytes for "
+            f"{int(np.prod(shape))} {dtype.name} voxels")
+    array = np.frombuffer(data, claimed).reshape(got, order="F" if claim.fortran is True else "C")
+    return np.ascontiguousarray(array, dtype=dtype).reshape(shape)
 
 
 def upload_media(content_type: str | None) -> MediaType:
@@ -320,17 +433,12 @@ def decode_upload(body: bytes, media: MediaType, dtype: np.dtype[Any],
     if media is MediaType.BLOSC:
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     try:
-        array = _ArrayUnpickler(io.BytesIO(raw)).load()
+        claim = _ArrayUnpickler(io.BytesIO(raw)).load()
     except Exception as exc:
         raise DataDimensionMismatch(f"The body is not a packed numpy array ({exc})"[:200]
                                     ) from exc
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "u":
-        raise DataDimensionMismatch("The body is not a packed array of unsigned integers")
-    if array.dtype.newbyteorder("<") != dtype:
-        raise DatatypeMismatch(f"The body holds {array.dtype.name} voxels; this channel is "
-                               f"{dtype.name}")
-    _check_length(array.size * array.itemsize, expected, dtype, shape)
-    return np.ascontiguousarray(array, dtype=dtype).reshape(shape)
+    del raw  # the claim holds its own copy of the voxels' bytes
+    return _claimed_array(claim, dtype, shape)
 
 
 def _check_length(got: int, expected: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:

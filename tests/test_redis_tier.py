@@ -317,6 +317,12 @@ async def test_a_cluster_slot_moved_is_followed(redis_cluster: RedisClusterServe
     await tier.aclose()
 
 
+async def _versions(tier: RedisTier, key: str) -> list[str]:
+    found = await tier.versions([key])
+    assert found is not None
+    return found
+
+
 async def test_write_versions_and_marks(redis_server: RedisServer) -> None:
     """The versions a fleet caches writable sources under: made when first asked for, new at
     each bump, marked as being written, settled again; and never one an earlier copy was
@@ -324,21 +330,21 @@ async def test_write_versions_and_marks(redis_server: RedisServer) -> None:
     tier = _tier(redis_server.url)
     key = f"writes/{uuid.uuid4().hex}"
     try:
-        (first,) = await tier.versions([key])
-        assert await tier.versions([key]) == [first]  # the same until a write
+        (first,) = await _versions(tier, key)
+        assert await _versions(tier, key) == [first]  # the same until a write
         assert await tier.settled(key, first)
         assert await tier.bump([key], writing_for=30)
-        (second,) = await tier.versions([key])
+        (second,) = await _versions(tier, key)
         assert second != first
         assert not await tier.settled(key, second)  # being written
         assert await tier.bump([key])
-        (third,) = await tier.versions([key])
+        (third,) = await _versions(tier, key)
         assert third not in (first, second)
         assert not await tier.settled(key, second)  # written since
         assert await tier.settled(key, third)
         # lost (FLUSHALL is what a restart without persistence looks like): a new version
         redis_server.cli("del", f"{tier.prefix}{{{key}}}:ver")
-        (fourth,) = await tier.versions([key])
+        (fourth,) = await _versions(tier, key)
         assert fourth not in (first, second, third)
         assert not await tier.settled(key, third)
         # the versions are not cache entries: `relay cache` does not list them

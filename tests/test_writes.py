@@ -20,6 +20,7 @@ from intern.remote.boss import BossRemote
 
 from .dvid_double import DvidDouble
 from .servers import RedisServer, RelayProcess, ThreadedServer, relay_over, write_config
+from .test_codecs import _Claiming
 from .test_pyramid import reference_mean
 
 SHAPE_ZYX = (20, 150, 200)
@@ -290,6 +291,12 @@ def _bad_writes(marker: Path) -> list[tuple[str, str, bytes, str, int, int]]:
          400, 2002),
         ("a pickle of the wrong dtype", GOOD, blosc.pack_array(good.astype(np.uint64)),
          "application/blosc-python", 400, 2001),
+        # issue 25: a pickle of shape and dtype alone (finding 3: np.empty was written), an
+        # array of the box's voxels in another shape (finding 10: written scrambled)
+        ("a pickle without its voxels", GOOD, blosc.compress(pickle.dumps(
+            _Claiming((4, 40, 40), "uint8", b""), 2)), "application/blosc-python", 400, 2002),
+        ("an array of another shape", GOOD, blosc.pack_array(good.reshape(40, 40, 4)),
+         "application/blosc-python", 400, 2002),
         ("a body larger than the box", GOOD,
          _blosc(random_voxels(np.random.default_rng(5), (4, 200, 200), "uint8")),
          "application/blosc", 413, 2000),

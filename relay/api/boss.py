@@ -17,10 +17,11 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..budget import ByteBudget
+from ..budget import ByteBudget, Reservation
 from ..catalog import Channel
 from ..codecs import (
     MediaType,
+    blosc_sizes,
     check_encodable,
     decode_upload,
     encode,
@@ -342,12 +343,20 @@ async def post_cutout(
     # (2001), not as too large; never more than the largest cutout.
     widest = min(box.voxels * ntimes * 8, int(request.app.state.settings.server.max_cutout_bytes))
     limit = max(nbytes, widest) + max(nbytes, widest) // 16 + 64 * 1024
+    # the body, then what decoding it holds at its peak beside the body: the inflated bytes
+    # (a pickle's voxels are a copy of part of them), as the frame's header says
     budget: ByteBudget = request.app.state.budget
     reservation = budget.try_reserve(limit + nbytes) or await budget.reserve(limit + nbytes)
+    decoding: Reservation | None = None
     try:
         body = await _body(request, limit)
+        inflated = (blosc_sizes(body) or (0, 0))[0]
+        if media is MediaType.BLOSC_PYTHON and inflated > nbytes:
+            extra = min(inflated, limit)
+            decoding = budget.try_reserve(extra) or await budget.reserve(extra)
         shape = ((ntimes,) if times is not None else ()) + box.shape_zyx
-        data = await offload(decode_upload, body, media, info.dtype, shape, nbytes=nbytes)
+        data = await offload(decode_upload, body, media, info.dtype, shape,
+                             nbytes=max(nbytes, inflated))
         del body
         service: WriteService = request.app.state.writes
         await service.write(WriteRequest(
@@ -355,6 +364,8 @@ async def post_cutout(
             times if times is not None else range(1), caller_token(request)))
     finally:
         reservation.release()
+        if decoding is not None:
+            decoding.release()
         # what the store says of itself may change with a write (DVID's extents grow)
         rendered: Rendered = request.app.state.rendered
         rendered.clear()
