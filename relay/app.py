@@ -33,6 +33,7 @@ from .api.viewer import viewer_routes
 from .budget import ByteBudget
 from .cache import CacheTier, DiskTier, MemoryTier, RedisTier, TieredCache
 from .cache.memo import MEMO_BYTES, MetadataMemo
+from .cache.tiered import DEFAULT_PENDING_BYTES, MIN_PENDING_BYTES
 from .catalog import Catalog
 from .config import Settings
 from .cutout import CutoutService
@@ -78,7 +79,13 @@ def build_cache(settings: Settings) -> TieredCache | None:
     if cache.redis_url is not None:
         tiers.append(RedisTier(cache.redis_url, cache.redis_prefix, cache.redis_ttl_seconds,
                                cache.redis_lease_seconds, cache.redis_timeout_seconds))
-    return TieredCache(tiers) if tiers else None
+    if not tiers:
+        return None
+    # the write-behind's backlog is held in memory: never more than the memory tier's own
+    # budget (a disk thread starved by a busy machine must not grow the process without bound)
+    memory = int(settings.cache.memory_bytes)
+    return TieredCache(tiers, max_pending_bytes=min(DEFAULT_PENDING_BYTES,
+                                                    max(memory, MIN_PENDING_BYTES)))
 
 
 def _error(exc: RelayError) -> JSONResponse:

@@ -17,6 +17,7 @@ never means zeros.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -44,17 +45,26 @@ from .metrics import OUTCOMES, Metrics, Outcome
 from .model import Level, token_digest
 from .offload import offload
 from .planner import CuboidPlan, count_cells, exact_cuboid, plan
-from .pyramid import factor, finer_box, reduce
+from .pyramid import factor, finer_box, reduce, working_bytes
 from .singleflight import SingleFlight
 
-__all__ = ["Cutout", "CutoutRequest", "CutoutService", "cache_key", "channel_prefix",
-           "check_cells", "key_prefix"]
+__all__ = ["DERIVE_PARALLEL", "Cutout", "CutoutRequest", "CutoutService", "cache_key",
+           "channel_prefix", "check_cells", "key_prefix"]
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
 
 #: Version of the key layout and of the packed value format; bump to orphan old entries.
 KEY_VERSION = "v2"
+
+#: Derived cuboids one request makes at once (each holds ``pyramid.working_bytes``), and the
+#: store reads made for derived levels at once, across requests.
+DERIVE_PARALLEL = 2
+DERIVE_READS = 4
+
+#: set while a derived cuboid is being made: the store reads it leads to count as its
+_deriving: contextvars.ContextVar[bool] = contextvars.ContextVar("relay_deriving",
+                                                                default=False)
 
 #: The most cuboids one request may cover: a fine grid (a source's 16³ cuboid, say) must not
 #: turn one request into a hundred thousand reads and as many tasks. With BossDB's 512×512×16
@@ -211,6 +221,9 @@ class CutoutService:
             decoded_bytes, lambda entry: entry[0].nbytes)
         # Bounds the cuboid reads one request keeps in flight at once.
         self._max_parallel = max_parallel
+        # Bounds the store reads made for derived levels, across requests: however many
+        # coarse cuboids are being made, the source's pool keeps room for other readers
+        self._derive_reads = asyncio.Semaphore(DERIVE_READS)
         #: writable channels' store reads and writes kept apart (``relay.gate``)
         self.gates = Gates()
 
@@ -228,6 +241,17 @@ class CutoutService:
             self.metrics.inc("versions_unknown_total")
             return None
         return [f"{k}@{v}" for k, v in zip(keys, versions, strict=True)]
+
+    @staticmethod
+    def working_bytes(channel: Channel, resolution: int, box: Box, times: int = 1) -> int:
+        """What a read of ``box`` holds beside its answer while it makes derived cuboids (0
+        for a stored level): for the callers to reserve from the in-flight budget."""
+        pyramid = channel.pyramid
+        if pyramid is None or not pyramid.derives(resolution):
+            return 0
+        level = channel.info.levels[resolution]
+        cells = count_cells(box, level.cuboid, level.origin, level.bounds) * times
+        return min(cells, DERIVE_PARALLEL) * working_bytes(channel.info, pyramid, resolution)
 
     async def answer(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
         """What the handler sends, in one call: with ``frame_ok`` (the answer is a Blosc1
@@ -340,7 +364,9 @@ class CutoutService:
         shape = (len(times), *request.box.shape_zyx)
         out = (np.empty(shape, info.dtype) if level.bounds.contains(request.box)
                else np.zeros(shape, info.dtype))
-        limit = asyncio.Semaphore(self._max_parallel)
+        pyramid = request.channel.pyramid
+        derived = pyramid is not None and pyramid.derives(request.resolution)
+        limit = asyncio.Semaphore(DERIVE_PARALLEL if derived else self._max_parallel)
         stale_ages: list[float] = []
         outcomes: set[Outcome] = {"memory"}
         fetched = [0.0] * len(jobs)
@@ -500,8 +526,13 @@ class CutoutService:
                 sink.fetched_at = fetched_at
                 sink.prefix = packed_header(box.shape_zyx, dtype, fetched_at)
             try:
-                data, frame = await channel.upstream.read_encoded(
-                    channel.ref, request.resolution, box, t, request.token, sink)
+                if _deriving.get():  # a few at a time: the source's other readers go on
+                    async with self._derive_reads:
+                        data, frame = await channel.upstream.read_encoded(
+                            channel.ref, request.resolution, box, t, request.token, sink)
+                else:
+                    data, frame = await channel.upstream.read_encoded(
+                        channel.ref, request.resolution, box, t, request.token, sink)
             except UpstreamError:
                 self.metrics.inc("upstream_errors_total")
                 raise
@@ -540,8 +571,10 @@ class CutoutService:
 
     async def _derive(self, request: CutoutRequest, t: int, box: Box) -> np.ndarray:
         """A derived level's cuboid ``box``, made from the finer level's voxels (read through
-        the cache, as any request's) in pieces of about one finer cuboid each, so a piece's
-        voxels are let go as soon as they are reduced (``relay.pyramid``)."""
+        the cache, as any request's) one piece of about one finer cuboid at a time, so a
+        piece's voxels are let go as soon as they are reduced, and what one cuboid costs does
+        not grow with the volume (``relay.pyramid.working_bytes``: a coarse cuboid of a large
+        single-scale store is made from hundreds of stored cuboids)."""
         channel = request.channel
         assert channel.pyramid is not None
         level, method = request.resolution, channel.pyramid.method
@@ -549,30 +582,26 @@ class CutoutService:
         f = factor(finer.voxel_size)
         out = np.empty(box.shape_zyx, channel.info.dtype)
         self.metrics.inc("derived_cuboids_total")
-
-        async def piece(part: Box) -> None:
-            region, lead = finer_box(part, f, finer.bounds)
-            read = await self.read_cutout(replace(
-                request, resolution=level - 1, box=region, sink=None,
-                times=None if t == 0 else range(t, t + 1)))
-            voxels = read.voxels if t == 0 else read.voxels[0]
-            reduced = await offload(reduce, voxels, f, method, lead, nbytes=voxels.nbytes)
-            out[part.zyx_slices(box.start)] = reduced
-
         step = Vec3(*(max(1, c // a) for c, a in zip(finer.cuboid, f, strict=True)))
-        parts = [Box(Vec3(x, y, z), Vec3(min(x + step.x, box.stop.x), min(y + step.y, box.stop.y),
-                                         min(z + step.z, box.stop.z)))
-                 for z in range(box.start.z, box.stop.z, step.z)
-                 for y in range(box.start.y, box.stop.y, step.y)
-                 for x in range(box.start.x, box.stop.x, step.x)]
-        tasks = [asyncio.ensure_future(piece(part)) for part in parts]
+        token = _deriving.set(True)  # the reads below are a derivation's (``_read_upstream``)
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            for z in range(box.start.z, box.stop.z, step.z):
+                for y in range(box.start.y, box.stop.y, step.y):
+                    for x in range(box.start.x, box.stop.x, step.x):
+                        part = Box(Vec3(x, y, z), Vec3(min(x + step.x, box.stop.x),
+                                                       min(y + step.y, box.stop.y),
+                                                       min(z + step.z, box.stop.z)))
+                        region, lead = finer_box(part, f, finer.bounds)
+                        read = await self.read_cutout(replace(
+                            request, resolution=level - 1, box=region, sink=None,
+                            times=None if t == 0 else range(t, t + 1)))
+                        voxels = read.voxels if t == 0 else read.voxels[0]
+                        del read
+                        out[part.zyx_slices(box.start)] = await offload(
+                            reduce, voxels, f, method, lead, nbytes=voxels.nbytes)
+                        del voxels
+        finally:
+            _deriving.reset(token)
         return out
 
     async def _unpack(self, packed: bytes, channel: Channel, box: Box) -> np.ndarray | None:

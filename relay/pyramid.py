@@ -17,6 +17,11 @@ How a derived voxel is made from its block of (up to) 2×2×1 or 2×2×2 finer v
 
 A block cut by the edge of the volume (a size that is not a multiple of the factor) is made from
 the voxels that exist: never padded with zeros, so an edge voxel is not darkened.
+
+What making a derived cuboid costs in memory does not grow with the volume: it is made piece by
+piece, one finer cuboid's voxels at a time, and a finer level that is derived too is made the
+same way, one level below the other. ``working_bytes`` is what that holds at its peak, which a
+request reserves from the in-flight budget before it reads (``relay.budget``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 from .geometry import Box, Vec3
 from .model import MAX_LEVELS, ChannelInfo, Level
 
-__all__ = ["Method", "Pyramid", "derive_levels", "factor", "finer_box", "reduce"]
+__all__ = ["Method", "Pyramid", "derive_levels", "factor", "finer_box", "reduce",
+           "working_bytes"]
 
 Method = Literal["mean", "mode"]
 
@@ -81,6 +87,18 @@ def derive_levels(info: ChannelInfo, method: Method, cap: int | None) -> tuple[
     if len(levels) == len(info.levels):
         return info, None
     return replace(info, levels=tuple(levels)), Pyramid(len(info.levels), method)
+
+
+def working_bytes(info: ChannelInfo, pyramid: Pyramid, level: int) -> int:
+    """The most memory making one cuboid of ``level`` holds at once (0 for a stored level): at
+    each derived level from it down to the stored ones, the cuboid being made, the finer
+    voxels of the piece being reduced, and what reducing them takes (the sums of a mean, the
+    votes of a mode: at most twice the finer piece)."""
+    total = 0
+    for derived in range(level, pyramid.stored - 1, -1):
+        cuboid, finer = info.levels[derived].cuboid, info.levels[derived - 1].cuboid
+        total += (cuboid.x * cuboid.y * cuboid.z + 3 * finer.x * finer.y * finer.z)
+    return total * info.dtype.itemsize
 
 
 def finer_box(box: Box, f: Vec3, finer_bounds: Box) -> tuple[Box, Vec3]:

@@ -290,6 +290,7 @@ async def cutout(
     peak = nbytes + encoding_bytes(media, nbytes)
     if ids is not None:
         peak += nbytes + box.voxels * ntimes
+    peak += CutoutService.working_bytes(chan, res, box, ntimes)  # derived cuboids being made
     budget: ByteBudget = request.app.state.budget
     reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:

@@ -114,7 +114,8 @@ async def get_chunk(request: Request, collection: str, experiment: str, channel:
     # the peak: the voxels, a compressed_segmentation copy and body (a block of 512 distinct
     # labels takes a little more than raw), and a gzip body no larger than what it compresses
     budget: ByteBudget = request.app.state.budget
-    peak = nbytes * (3 if segmented else 1) + (nbytes + 4096 if gzipped else 0)
+    peak = (nbytes * (3 if segmented else 1) + (nbytes + 4096 if gzipped else 0)
+            + CutoutService.working_bytes(chan, level, box))
     reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
         service: CutoutService = request.app.state.cutouts

@@ -33,13 +33,16 @@ from typing import TypeVar
 
 from .base import CacheTier, Leasing, Versioned
 
-__all__ = ["TieredCache"]
+__all__ = ["DEFAULT_PENDING_BYTES", "MIN_PENDING_BYTES", "TieredCache"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: the write-behind's backlog, at most (``relay.app`` makes it no more than the memory tier's
+#: budget, and no less than the smaller figure)
 DEFAULT_PENDING_BYTES = 256 * 2**20
+MIN_PENDING_BYTES = 32 * 2**20
 
 
 class TieredCache(CacheTier):
