@@ -39,6 +39,7 @@ from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
+from .labels import LabelIndex
 from .logs import configure as configure_logs
 from .meshes import MeshService
 from .metadata import BossMetadata
@@ -198,12 +199,14 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.rendered = Rendered(min(
             (s.metadata_ttl_seconds for s in settings.sources), default=0.0))
         app.state.metrics = metrics
+        app.state.budget = budget = ByteBudget(int(settings.server.max_inflight_bytes),
+                                               settings.server.inflight_wait_seconds, metrics)
         app.state.cutouts = CutoutService(catalog, cache, metrics,
                                           decoded_bytes=int(settings.cache.decoded_bytes))
-        app.state.meshes = MeshService(app.state.cutouts, cache, metrics)
-        app.state.writes = WriteService(app.state.cutouts, metrics)
-        app.state.budget = ByteBudget(int(settings.server.max_inflight_bytes),
-                                      settings.server.inflight_wait_seconds, metrics)
+        app.state.labels = LabelIndex(app.state.cutouts, cache, metrics, budget)
+        app.state.meshes = MeshService(app.state.cutouts, cache, metrics, app.state.labels,
+                                       budget, int(settings.server.max_mesh_bytes))
+        app.state.writes = WriteService(app.state.cutouts, metrics, app.state.labels)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,
             send_timeout=settings.server.send_timeout,

@@ -77,6 +77,10 @@ class ServerSettings(_Model):
     #: the largest answer of a data route (BossDB cutout or precomputed chunk), uncompressed,
     #: in bytes (the dtype's size counts in full); past it: 413, code 2000
     max_cutout_bytes: ByteSize = ByteSize(512 * 2**20)
+    #: the most memory one mesh may take to make (a fragment's meshing, by the faces of its
+    #: segment's voxel surface; a merged mesh, by its fragments): past it 413, code 2000
+    #: (docs/services.md)
+    max_mesh_bytes: ByteSize = ByteSize(256 * 2**20)
     #: seconds a connection may take to send a complete request head (slow-loris): then 408
     header_timeout: float = Field(10.0, gt=0)
     #: seconds a response may wait for the client to read any of it: then the connection is

@@ -49,7 +49,7 @@ from .pyramid import factor, finer_box, reduce, working_bytes
 from .singleflight import SingleFlight
 
 __all__ = ["DERIVE_PARALLEL", "Cutout", "CutoutRequest", "CutoutService", "cache_key",
-           "channel_prefix", "check_cells", "key_prefix"]
+           "channel_prefix", "check_cells", "fresh", "key_prefix"]
 
 #: Seconds since the epoch; shared by every process on the cache (tests replace it).
 wall_clock = time.time
@@ -194,7 +194,7 @@ def _age(packed: bytes) -> float:
     return float("inf") if fetched_at is None else max(0.0, wall_clock() - fetched_at)
 
 
-def _fresh(source: SourceSettings, fetched_at: float | None) -> bool:
+def fresh(source: SourceSettings, fetched_at: float | None) -> bool:
     """May a cuboid of ``source`` read upstream at ``fetched_at`` still be reused?"""
     ttl = source.ttl_seconds
     return ttl is None or (fetched_at is not None and wall_clock() - fetched_at < ttl)
@@ -318,7 +318,7 @@ class CutoutService:
                 return None
             key = keys[0]
         packed, tier = await self.cache.find(key)
-        if packed is None or not _fresh(channel.source,
+        if packed is None or not fresh(channel.source,
                                         fetched_at := packed_fetched_at(packed)):
             return None
         frame = packed_blosc_frame(packed, request.box.shape_zyx, channel.info.dtype)
@@ -432,13 +432,20 @@ class CutoutService:
             if self.cache is not None:
                 await self.cache.delete(key)
 
+    async def drop(self, keys: list[str]) -> None:
+        """Drop ``keys`` (entries made from cuboids a write touched: ``relay.labels``) from
+        every cache tier."""
+        if self.cache is not None:
+            for key in keys:
+                await self.cache.delete(key)
+
     def _held(self, key: str, request: CutoutRequest) -> tuple[np.ndarray, float] | None:
         """The cuboid under ``key`` and when it was read, if it is held decoded and fresh
         enough for ``request``."""
         source = request.channel.source
         if request.refresh or not source.cache or (hit := self.decoded.get(key)) is None:
             return None
-        if not _fresh(source, hit[1]):
+        if not fresh(source, hit[1]):
             return None
         self.metrics.inc("decoded_hits_total")
         return hit
@@ -454,7 +461,7 @@ class CutoutService:
             assert self.cache is not None
             packed, tier = await self.cache.find(key)
         fetched_at = packed_fetched_at(packed) if packed is not None else None
-        if packed is not None and not request.refresh and _fresh(source, fetched_at):
+        if packed is not None and not request.refresh and fresh(source, fetched_at):
             data = await self._unpack(packed, channel, box)
             if data is not None:
                 self.decoded.put(key, (data, fetched_at or 0.0))
@@ -494,7 +501,7 @@ class CutoutService:
             return await self._read_upstream(key, request, t, box, use_cache)
         assert self.cache is not None
         async with self.cache.lease(key) as supplied:
-            if supplied is not None and _fresh(request.channel.source,
+            if supplied is not None and fresh(request.channel.source,
                                                fetched_at := packed_fetched_at(supplied)):
                 data = await self._unpack(supplied, request.channel, box)
                 if data is not None:

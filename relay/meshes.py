@@ -8,13 +8,21 @@ segment's mask over its cell plus one voxel on each high side (so neighbouring f
 without a gap), simplified to within half a voxel, in the channel's physical coordinates
 (nanometres, the voxel corner at ``index × resolution``, as neuroglancer places voxels).
 
-Which cells hold a segment: a *label index*, the sorted labels of each cell, made from the cell's
-voxels (read through the cache like any cutout) the first time a manifest needs it, and cached
-beside the cuboids (8 bytes a label). The first manifest of a channel therefore reads the whole
-mesh level, at most ``MESH_CELLS`` cuboids; every later one costs a cache lookup per cell. A
-fragment is made once and cached; manifests and fragments of a source with ``ttl_seconds`` or
-``writable`` are made afresh each time (a cached mesh could outlive the voxels it was made
-from).
+Which cells hold a segment: the channel's *label index* at the mesh level (``relay.labels``),
+the sorted labels of each cell, made the first time a manifest needs it and cached beside the
+cuboids (8 bytes a label), kept true by writes and by a source's ``ttl_seconds``. The first
+manifest of a channel therefore reads the whole mesh level, at most ``MESH_CELLS`` cuboids;
+every later one costs a cache lookup per cell. A fragment is made once and cached; fragments of
+a source with ``ttl_seconds`` or ``writable`` are made afresh each time (a cached fragment could
+outlive the voxels it was made from).
+
+Every mesh is bounded in memory. zmesh holds about ``FACE_BYTES`` per face of the segment's
+voxel surface at its peak (marching cubes, then simplification), so before meshing a fragment
+the relay counts those faces (cheap: neighbouring voxels that differ) and refuses a fragment
+whose meshing would pass ``server.max_mesh_bytes`` with 413 naming the setting (a one-voxel
+checkerboard of two labels makes a 512 × 512 × 16 cell some six GiB of mesh); what it will hold
+is reserved from the in-flight budget first. A merged mesh (``/v1/mesh``) is bounded the same
+way by the size of its fragments.
 
 zmesh is used only here.
 """
@@ -22,6 +30,7 @@ zmesh is used only here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -30,20 +39,37 @@ from dataclasses import dataclass
 import numpy as np
 import zmesh
 
+from .budget import ByteBudget, Reservation
 from .cache.tiered import TieredCache
 from .catalog import Channel
-from .cutout import CutoutRequest, CutoutService, cache_key, key_prefix
+from .cutout import CutoutRequest, CutoutService, key_prefix
 from .errors import NotFound, RequestTooLarge
-from .geometry import Box, Vec3
+from .geometry import Vec3
+from .labels import LabelIndex, grown
 from .metrics import Metrics
 from .offload import offload
 from .planner import CuboidPlan, count_cells, cuboid_box, plan
 from .singleflight import SingleFlight
 
-__all__ = ["MESH_CELLS", "MeshName", "MeshService", "fragment_name", "merged", "parse_name"]
+__all__ = [
+    "FACE_BYTES",
+    "MESH_CELLS",
+    "MeshName",
+    "MeshService",
+    "fragment_name",
+    "merged",
+    "mesh_faces",
+    "parse_name",
+]
 
 #: The most cells a mesh level may have: the first manifest of a channel reads them all.
 MESH_CELLS = 512
+#: What zmesh holds at its peak per face of the voxel surface it meshes (measured: 460-490
+#: bytes from 190,000 to 3 million faces), with some room
+FACE_BYTES = 512
+#: What merging fragments holds per byte of them (the meshes decoded, concatenated and
+#: consolidated, and the answer)
+MERGE_FACTOR = 6
 
 _NANOMETERS = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 _MANIFEST = re.compile(r"([0-9]{1,20}):0")
@@ -86,13 +112,18 @@ def _resolution_nm(channel: Channel, level: int) -> tuple[float, float, float]:
     return (x * to_nm, y * to_nm, z * to_nm)
 
 
-def _fragment(labels: np.ndarray, segid: int, start: Vec3,
-              resolution: tuple[float, float, float]) -> bytes:
-    """The precomputed fragment of ``segid`` in the Z,Y,X ``labels`` whose first voxel is
-    ``start`` (zero vertices when the segment is not there)."""
-    fits = segid <= np.iinfo(labels.dtype).max  # a uint8 annotation has no segment 300
-    mask = labels == np.asarray(segid if fits else 0, labels.dtype)
-    if not fits or not mask.any():
+def _mask(labels: np.ndarray, segid: int) -> np.ndarray:
+    """Where the Z,Y,X ``labels`` are ``segid`` (nowhere when the dtype cannot hold it: a uint8
+    annotation has no segment 300)."""
+    if segid > np.iinfo(labels.dtype).max:
+        return np.zeros(labels.shape, np.bool_)
+    return np.asarray(labels == np.asarray(segid, labels.dtype), np.bool_)
+
+
+def _fragment(mask: np.ndarray, start: Vec3, resolution: tuple[float, float, float]) -> bytes:
+    """The precomputed fragment of the Z,Y,X ``mask`` whose first voxel is ``start`` (zero
+    vertices when the mask is empty)."""
+    if not mask.any():
         return bytes(zmesh.Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32),
                                 None).to_precomputed())
     mesher = zmesh.Mesher(resolution)
@@ -107,11 +138,11 @@ def _fragment(labels: np.ndarray, segid: int, start: Vec3,
     return bytes(mesh.to_precomputed())
 
 
-def _grown(cell: Box, bounds: Box) -> Box:
-    """A mesh cell and the one voxel past it on each high side (inside the volume)."""
-    grown = Box(cell.start, cell.stop + (1, 1, 1)).intersect(bounds)
-    assert grown is not None
-    return grown
+def mesh_faces(mask: np.ndarray) -> int:
+    """The faces of the voxel surface of a Z,Y,X boolean ``mask``: neighbouring voxels that
+    differ, on each axis (what marching cubes turns into triangles)."""
+    return sum(int(np.count_nonzero(np.diff(mask.view(np.int8), axis=axis)))
+               for axis in range(3))
 
 
 def merged(fragments: list[bytes], segid: int) -> zmesh.Mesh:
@@ -128,11 +159,14 @@ def merged(fragments: list[bytes], segid: int) -> zmesh.Mesh:
 class MeshService:
     """Manifests and fragments of a segmentation channel, made or passed through."""
 
-    def __init__(self, cutouts: CutoutService, cache: TieredCache | None,
-                 metrics: Metrics) -> None:
+    def __init__(self, cutouts: CutoutService, cache: TieredCache | None, metrics: Metrics,
+                 labels: LabelIndex, budget: ByteBudget, max_mesh_bytes: int) -> None:
         self.cutouts = cutouts
         self.cache = cache
         self.metrics = metrics
+        self.labels = labels
+        self.budget = budget
+        self.max_mesh_bytes = max_mesh_bytes
         self.flights: SingleFlight[str, bytes] = SingleFlight()
 
     def level(self, channel: Channel) -> int:
@@ -186,7 +220,7 @@ class MeshService:
 
         async def holds(cell: CuboidPlan) -> bool:
             async with limit:
-                labels = await self.labels(channel, level, cell, token)
+                labels = await self.labels.cell(channel, level, cell, token)
             i = int(np.searchsorted(labels, np.uint64(segid)))
             return i < len(labels) and int(labels[i]) == segid
 
@@ -197,22 +231,6 @@ class MeshService:
             raise NotFound(f"Segment {segid} is not in this channel")
         self.metrics.inc("mesh_manifests_total")
         return json.dumps({"fragments": names}).encode()
-
-    async def labels(self, channel: Channel, level: int, cell: CuboidPlan,
-                     token: str | None) -> np.ndarray:
-        """The sorted labels of one mesh cell (the label index's entry for it)."""
-        key = f"{cache_key(channel, level, 0, cell, token)}/mesh/labels"
-
-        async def make() -> bytes:
-            # over the fragment's voxels, its one-voxel margin included: a segment that
-            # starts on the next cell's first voxel has its face in this cell's fragment
-            box = _grown(cell.box, channel.info.levels[level].bounds)
-            read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
-                                                                token=token))
-            labels = await offload(np.unique, read.voxels, nbytes=read.voxels.nbytes)
-            return np.asarray(labels, np.uint64).tobytes()
-
-        return np.frombuffer(await self._cached(channel, key, make), np.uint64)
 
     async def fragment(self, channel: Channel, segid: int, level: int, index: Vec3,
                        token: str | None) -> bytes:
@@ -226,33 +244,76 @@ class MeshService:
                f"{grid.cuboid.z}/{index.x}_{index.y}_{index.z}/{segid}")
 
         async def make() -> bytes:
-            grown = _grown(cell, grid.bounds)
-            read = await self.cutouts.read_cutout(CutoutRequest(channel, level, grown,
-                                                                token=token))
-            # a face on the volume's own boundary has no neighbour cell to make it: one voxel
-            # of background beyond that boundary closes the surface there
-            low = Vec3(*(int(c == b) for c, b in zip(cell.start, grid.bounds.start,
-                                                     strict=True)))
-            high = Vec3(*(int(g == b) for g, b in zip(grown.stop, grid.bounds.stop,
-                                                      strict=True)))
-            voxels = np.pad(read.voxels, ((low.z, high.z), (low.y, high.y), (low.x, high.x)))
-            self.metrics.inc("mesh_fragments_made_total")
-            return await offload(_fragment, voxels, segid, grown.start - low,
-                                 _resolution_nm(channel, level), nbytes=voxels.nbytes)
+            box = grown(cell, grid.bounds)
+            nbytes = box.voxels * channel.info.dtype.itemsize
+            # the voxels, their padded copy and its mask, and any derived cuboids made for them
+            reservation = await self._reserve(
+                2 * nbytes + box.voxels + CutoutService.working_bytes(channel, level, box))
+            try:
+                read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
+                                                                    token=token))
+                # a face on the volume's own boundary has no neighbour cell to make it: one
+                # voxel of background beyond that boundary closes the surface there
+                low = Vec3(*(int(c == b) for c, b in zip(cell.start, grid.bounds.start,
+                                                         strict=True)))
+                high = Vec3(*(int(g == b) for g, b in zip(box.stop, grid.bounds.stop,
+                                                          strict=True)))
+                voxels = np.pad(read.voxels, ((low.z, high.z), (low.y, high.y),
+                                              (low.x, high.x)))
+                del read
+                mask = await offload(_mask, voxels, segid, nbytes=voxels.nbytes)
+                del voxels
+                faces = await offload(mesh_faces, mask, nbytes=mask.nbytes)
+            finally:
+                reservation.release()
+            meshing = faces * FACE_BYTES
+            if meshing > self.max_mesh_bytes:
+                raise RequestTooLarge(
+                    f"Segment {segid}'s surface in mesh cell {index.x}_{index.y}_{index.z} "
+                    f"has {faces} voxel faces: meshing it would take about "
+                    f"{meshing // 2**20} MiB, past server.max_mesh_bytes "
+                    f"({self.max_mesh_bytes // 2**20} MiB)")
+            # one reservation for what is held from here on (asked while holding none: a
+            # second one asked beside the first could wait for the first for ever)
+            reservation = await self._reserve(mask.nbytes + meshing)
+            try:
+                self.metrics.inc("mesh_fragments_made_total")
+                return await offload(_fragment, mask, box.start - low,
+                                     _resolution_nm(channel, level), nbytes=mask.nbytes)
+            finally:
+                reservation.release()
 
         return await self._cached(channel, key, make)
 
     async def mesh(self, channel: Channel, segid: int, token: str | None) -> zmesh.Mesh:
-        """The whole mesh of a segment, its fragments merged."""
+        """The whole mesh of a segment, its fragments merged (413 past
+        ``server.max_mesh_bytes``)."""
         if await self.stored(channel):
             manifest = json.loads(await self._stored_file(channel, f"{segid}:0"))
-            fragments = [await self._stored_file(channel, name)
-                         for name in manifest["fragments"]]
+            names = manifest["fragments"]
+            fetch = functools.partial(self._stored_file, channel)
         else:
             manifest = json.loads(await self.manifest(channel, segid, token))
-            fragments = [await self.file(channel, name, token)
-                         for name in manifest["fragments"]]
-        return merged(fragments, segid)
+            names = manifest["fragments"]
+            fetch = functools.partial(self.file, channel, token=token)
+        fragments: list[bytes] = []
+        held = 0
+        for name in names:
+            fragments.append(await fetch(name))
+            held += len(fragments[-1])
+            if held * MERGE_FACTOR > self.max_mesh_bytes:
+                raise RequestTooLarge(
+                    f"Segment {segid}'s mesh is past {held // 2**20} MiB of fragments: merging "
+                    f"it would pass server.max_mesh_bytes ({self.max_mesh_bytes // 2**20} "
+                    "MiB); read its fragments from the precomputed mesh route instead")
+        reservation = await self._reserve(held * MERGE_FACTOR)
+        try:
+            return await offload(merged, fragments, segid, nbytes=held)
+        finally:
+            reservation.release()
+
+    async def _reserve(self, nbytes: int) -> Reservation:
+        return self.budget.try_reserve(nbytes) or await self.budget.reserve(nbytes)
 
     async def _cached(self, channel: Channel, key: str,
                       make: Callable[[], Awaitable[bytes]]) -> bytes:

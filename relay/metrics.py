@@ -71,6 +71,8 @@ COUNTERS: dict[str, str] = {
                               "say which cached copies are current (read afresh)",
     "mesh_manifests_total": "Mesh manifests made from the label index",
     "mesh_fragments_made_total": "Mesh fragments made with zmesh",
+    "label_index_cells_made_total": "Label index entries made from a cell's voxels "
+                                    "(relay.labels)",
     "mesh_files_passed_total": "Files of a store's own mesh directory passed through",
 }
 

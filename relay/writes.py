@@ -40,6 +40,7 @@ from .catalog import Channel
 from .cutout import CutoutService, cache_key, channel_prefix, check_cells
 from .errors import InvalidResolution, MethodNotAllowed, RelayError, UpstreamUnavailable
 from .geometry import Box, Vec3
+from .labels import LabelIndex
 from .metrics import Metrics
 from .planner import plan
 
@@ -57,9 +58,10 @@ class WriteRequest:
 
 
 class WriteService:
-    def __init__(self, cutouts: CutoutService, metrics: Metrics) -> None:
+    def __init__(self, cutouts: CutoutService, metrics: Metrics, labels: LabelIndex) -> None:
         self.cutouts = cutouts
         self.metrics = metrics
+        self.labels = labels
 
     @staticmethod
     def check(channel: Channel, resolution: int) -> None:
@@ -85,8 +87,20 @@ class WriteService:
         it is derived from this one, here or by a relay further up a chain; where a store
         keeps its own coarser levels, dropping them costs a read, never a wrong voxel."""
         channel, info = request.channel, request.channel.info
-        written = info.levels[request.resolution]
         keys: list[str] = []
+        for level, box in self._boxes(request):
+            grid = info.levels[level]
+            keys += [cache_key(channel, level, t, cuboid, request.token)
+                     for t in request.times
+                     for cuboid in plan(box, grid.cuboid, grid.origin, grid.bounds)]
+        return keys
+
+    def _boxes(self, request: WriteRequest) -> list[tuple[int, Box]]:
+        """The written box at its level and at every coarser one, scaled by their voxel
+        sizes."""
+        info = request.channel.info
+        written = info.levels[request.resolution]
+        boxes = []
         for level in range(request.resolution, len(info.levels)):
             grid = info.levels[level]
             ratio = [c / w for c, w in zip(grid.voxel_size, written.voxel_size, strict=True)]
@@ -94,10 +108,16 @@ class WriteService:
                                                                 strict=True))),
                       Vec3(*(math.ceil(s / r) for s, r in zip(request.box.stop, ratio,
                                                               strict=True))))
-            keys += [cache_key(channel, level, t, cuboid, request.token)
-                     for t in request.times
-                     for cuboid in plan(box, grid.cuboid, grid.origin, grid.bounds)]
-        return keys
+            boxes.append((level, box))
+        return boxes
+
+    def touched_labels(self, request: WriteRequest) -> list[str]:
+        """The label index entries (``relay.labels``) the write makes untrue, at every level
+        (its label index covers time 0 only)."""
+        if 0 not in request.times:
+            return []
+        return [key for level, box in self._boxes(request)
+                for key in self.labels.touched_keys(request.channel, level, box, request.token)]
 
     async def write(self, request: WriteRequest) -> None:
         """Write ``request`` to the store, keeping every cache true (see the module); return
@@ -111,8 +131,10 @@ class WriteService:
         await channel.upstream.check_write(channel.ref, request.resolution)
         keys = self.touched(request)
         fleet = cache is not None and cache.versioned and channel.source.cache
+        labels = self.touched_labels(request)
         async with cutouts.gates(channel_prefix(channel)).writing():
             await cutouts.invalidate(channel, keys)
+            await cutouts.drop(labels)
             self.metrics.inc("write_invalidated_total", len(keys))
             if fleet:
                 assert cache is not None

@@ -429,9 +429,12 @@ async def get_mesh(request: Request, collection: str, experiment: str, channel: 
     chan = await segmentation_for(request, collection, experiment, channel)
     service: MeshService = request.app.state.meshes
     mesh = await service.mesh(chan, int(segment), caller_token(request))
+    size = mesh.vertices.nbytes + mesh.faces.nbytes
     if shape == "obj":
-        return Response(bytes(mesh.to_obj()), media_type="model/obj")
-    return Response(bytes(mesh.to_precomputed()), media_type="application/octet-stream")
+        return Response(await offload(lambda: bytes(mesh.to_obj()), nbytes=size),
+                        media_type="model/obj")
+    return Response(await offload(lambda: bytes(mesh.to_precomputed()), nbytes=size),
+                    media_type="application/octet-stream")
 
 
 _route("/mesh/{collection}/{experiment}/{channel}/{segment}/", get_mesh)

@@ -127,3 +127,59 @@ def test_a_coarse_read_of_a_large_single_scale_store_stays_in_the_budget(
         assert response.status_code == 200, response.text
         got = np.frombuffer(blosc.decompress(response.content), np.uint8).reshape(1, 512, 512)
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.fixture
+def writable_segmentation(tmp_path: Path) -> dict[str, Any]:
+    """A writable 16 × 512 × 512 uint64 annotation zarr of zeros: one mesh cell."""
+    path = tmp_path / "seg.zarr"
+    zarr.create_array(str(path), shape=(16, 512, 512), chunks=(16, 512, 512), dtype="uint64",
+                      zarr_format=3, fill_value=0)
+    return {"collection": "adv", "experiment": "e", "channel": "seg", "kind": "zarr",
+            "url": str(path), "writable": True}
+
+
+def test_a_checkerboard_mesh_is_refused_within_the_budget(
+        tmp_path: Path, writable_segmentation: dict[str, Any]) -> None:
+    """Finding 8: a 34 KB POST of a one-voxel checkerboard of two labels made one mesh GET take
+    46-49 s, return 63 MB and peak at 2 GiB. Its meshing is now refused (413, naming the
+    setting) before zmesh runs, and nothing passes the budgets meanwhile."""
+    z, y, x = np.indices((16, 512, 512))
+    board = np.where((x + y + z) % 2 == 0, 1, 2).astype(np.uint64)
+    body = blosc.compress(board.tobytes(), typesize=8, cname="zstd", clevel=9)
+    assert len(body) < 64 * 1024
+    with adversary_relay(tmp_path, [writable_segmentation]) as relay:
+        created = httpx.post(f"{relay.url}/v1/cutout/adv/e/seg/0/0:512/0:512/0:16/",
+                             content=body, headers={"Content-Type": "application/blosc"})
+        assert created.status_code == 201, created.text
+        with watched(relay):
+            for url in ("/v1/mesh/adv/e/seg/1/", "/precomputed/adv/e/seg/mesh/1:0:r0_0_0_0"):
+                refused = httpx.get(relay.url + url, timeout=300)
+                assert refused.status_code == 413, refused.text
+                assert refused.json()["code"] == 2000
+                assert "server.max_mesh_bytes" in refused.json()["message"]
+        # a segment of an ordinary surface in the same store is meshed as ever
+        block = np.zeros((16, 512, 512), np.uint64)
+        block[4:12, 100:200, 100:200] = 3
+        httpx.post(f"{relay.url}/v1/cutout/adv/e/seg/0/0:512/0:512/0:16/",
+                   content=blosc.compress(block.tobytes(), typesize=8),
+                   headers={"Content-Type": "application/blosc"}).raise_for_status()
+        mesh = httpx.get(f"{relay.url}/v1/mesh/adv/e/seg/3/", timeout=300)
+        assert mesh.status_code == 200 and mesh.content.startswith(b"v ")
+
+
+def test_an_object_array_pickle_costs_nothing(
+        tmp_path: Path, writable_segmentation: dict[str, Any]) -> None:
+    """Finding 5: a 112-byte POST of a pickled ``ndarray((2**27,), object)`` cost 1 GiB of RSS
+    and stalled the event loop for seconds."""
+    import pickle
+
+    from ..test_codecs import _Claiming
+
+    body = blosc.compress(pickle.dumps(_Claiming((1, 1, 2**27), "O", []), 2))
+    with adversary_relay(tmp_path, [writable_segmentation]) as relay, watched(relay):
+        for _ in range(8):
+            refused = httpx.post(f"{relay.url}/v1/cutout/adv/e/seg/0/0:512/0:512/0:16/",
+                                 content=body,
+                                 headers={"Content-Type": "application/blosc-python"})
+            assert (refused.status_code, refused.json()["code"]) == (400, 2002), refused.text
