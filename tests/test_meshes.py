@@ -184,3 +184,53 @@ def test_fragments_are_made_once_and_errors_are_clear(stores: dict[str, Any],
             response = client.get(path)
             assert response.status_code == status, path
             assert set(response.json()) == {"status", "code", "message"}
+
+
+@pytest.mark.parametrize("fleet", [False, True], ids=["one-relay", "fleet"])
+def test_manifests_of_a_writable_source_use_the_label_index_and_follow_writes(
+        stores: dict[str, Any], tmp_path: Path, fleet: bool, redis_server: Any) -> None:
+    """Finding 11 of issue 25: every manifest of a writable (or ttl_seconds) source rescanned
+    the whole mesh level. Now the label index is kept for them too: made once, one cache
+    lookup per cell after that, and true after a write (on the writer and, in a fleet, on a
+    relay that built its index before the write)."""
+    import shutil
+
+    import blosc
+
+    shutil.copytree(stores["root"] / "seg.zarr", tmp_path / "seg.zarr")
+    source = {**stores["sources"][0], "url": (tmp_path / "seg.zarr").as_uri(),
+              "writable": True}
+    shared = {"redis_url": redis_server.url, "redis_prefix": f"{tmp_path.name}:"} if fleet else {}
+    apps = [create_app(make_settings([source], tmp_path / f"cache-{name}", **shared))
+            for name in ("a", "b")[:1 + fleet]]
+    with (TestClient(apps[0], base_url="http://localhost") as a,
+          TestClient(apps[-1], base_url="http://localhost") as b):
+        def names(client: TestClient, segid: int) -> set[str]:
+            response = client.get(f"/precomputed/m/e/seg/mesh/{segid}:0")
+            if response.status_code == 404:
+                return set()
+            assert response.status_code == 200, response.text
+            return set(response.json()["fragments"])
+
+        cells = 27  # 3 × 3 × 3 cells of 32 × 32 × 8
+        before = {client: names(client, 11) for client in (a, b)}
+        assert len(before[a]) == 4 and before[b] == before[a]
+        # made once (in a fleet, by the first relay: the second finds them in Redis)
+        assert apps[0].state.metrics.counters["label_index_cells_made_total"] == cells
+        assert apps[-1].state.metrics.counters["label_index_cells_made_total"] in (0, cells)
+        reads = apps[0].state.metrics.counters["upstream_reads_total"]
+        assert len(names(a, 5)) == 12 and names(a, 9)  # the index, not the voxels, again
+        assert apps[0].state.metrics.counters["label_index_cells_made_total"] == cells
+        assert apps[0].state.metrics.counters["upstream_reads_total"] == reads
+        # segment 11 (z 0:8, y 32:40, x 32:64) painted over as 77
+        written = a.post("/v1/cutout/m/e/seg/0/32:64/32:40/0:8/",
+                         content=blosc.compress(np.full((8, 8, 32), 77, np.uint64).tobytes(),
+                                                typesize=8),
+                         headers={"Content-Type": "application/blosc"})
+        assert written.status_code == 201, written.text
+        for client in (a, b):
+            assert names(client, 11) == set()
+            assert names(client, 77) == {n.replace(str(11), "77", 1) for n in before[a]}
+        # only the cells the write touched (with their margins) were made again, once
+        assert sum(app.state.metrics.counters["label_index_cells_made_total"]
+                   for app in apps) == cells + 4
