@@ -12,7 +12,6 @@ import pytest
 import zarr
 from starlette.testclient import TestClient
 
-from relay import cutout
 from relay.app import create_app
 from relay.config import Settings
 
@@ -71,16 +70,30 @@ def test_the_etag_names_the_representation_and_the_version(tmp_path: Path) -> No
         assert "Accept-Encoding" in plain.headers["vary"]
 
 
-def test_cache_control_follows_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
-    now = [1_000_000.0]
-    monkeypatch.setattr(cutout, "wall_clock", lambda: now[0])
-    with _client(tmp_path, _source(tmp_path, ttl_seconds=600)) as client:
-        assert client.get(CUBOID).headers["cache-control"] == "public, max-age=600"
-        now[0] += 250  # the cuboid is 250 s old: 350 s of its TTL are left
-        assert client.get(CUBOID).headers["cache-control"] == "public, max-age=350"
-    with _client(tmp_path, _source(tmp_path, cache=False)) as client:
-        assert client.get(CUBOID).headers["cache-control"] == "public, no-cache"
+@pytest.mark.parametrize("policy", [{"ttl_seconds": 600}, {"writable": True},
+                                    {"cache": False}], ids=["ttl", "writable", "uncached"])
+def test_data_that_may_change_is_revalidated(tmp_path: Path, policy: dict[str, Any]) -> None:
+    """Finding 7 of issue 25: a writable source was sent ``max-age=31536000, immutable``, so
+    browsers and CDNs kept the old voxels for a year after a write. Data that may change is
+    ``no-cache``: asked again each time, 304 while its ETag holds, 200 once it changed."""
+    with _client(tmp_path, _source(tmp_path, **policy)) as client:
+        first = client.get(CUBOID)
+        assert first.headers["cache-control"] == "public, no-cache"
+        if policy.get("cache") is False:
+            return
+        again = client.get(CUBOID, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304
+        if policy.get("writable"):
+            import blosc
+
+            written = client.post(CUBOID, content=blosc.compress(
+                np.full((16, 64, 64), 3, np.uint8).tobytes(), typesize=8),
+                headers={"Content-Type": "application/blosc"})
+            assert written.status_code == 201
+        else:
+            client.get(CUBOID + "?access-mode=raw")  # read afresh: a new version
+        after = client.get(CUBOID, headers={"If-None-Match": first.headers["etag"]})
+        assert after.status_code == 200 and after.headers["etag"] != first.headers["etag"]
 
 
 def test_an_answer_behind_a_token_is_private(tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ asked (path, query, representation) and of when each cuboid it is made of was re
 which changes whenever any of them is read again (a refresh, an expired TTL). So a conditional
 request is answered 304 once the cuboids are known, before anything is encoded.
 
-``Cache-Control`` follows the source: an immutable source (no ``ttl_seconds``) a year and
-``immutable``; a ``ttl_seconds`` source what is left of its oldest cuboid's TTL; an uncached
-source or a stale-if-error answer ``no-cache``. A response that depends on the caller's
-credential (a source that forwards each caller's token, or a relay with ``server.tokens``) is
+``Cache-Control`` follows the source: a source whose data never changes (no ``ttl_seconds``,
+not ``writable``) a year and ``immutable``; anything else ``no-cache``, so a browser or CDN
+asks again each time and gets a 304 while the ETag holds: a ``writable`` source's voxels change
+with the next write (a year's ``immutable`` would keep the old ones in every browser that saw
+them), and a ``ttl_seconds`` source's when its store does, or when a client refreshes them
+(``access-mode=raw``). An uncached source or a stale-if-error answer is ``no-cache`` too.
+A response that depends on the caller's credential (a source that forwards each caller's token, or a relay with ``server.tokens``) is
 ``private``, so no shared cache keeps it, and varies on ``Authorization``.
 """
 
@@ -20,7 +23,6 @@ import struct
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import cutout as cutouts
 from ..catalog import Channel
 from ..cutout import Cutout
 
@@ -43,14 +45,9 @@ def data_headers(request: Request, channel: Channel, cutout: Cutout, representat
     digest.update(struct.pack(f"<{len(cutout.fetched)}d", *cutout.fetched))
     source = channel.source
     private = channel.upstream.partitioned or bool(request.app.state.settings.server.tokens)
-    if cutout.stale_age is not None or not source.cache or not cutout.fetched:
-        freshness = "no-cache"
-    elif source.ttl_seconds is None:
-        freshness = f"max-age={_IMMUTABLE}, immutable"
-    else:
-        # the cutout path's clock (tests replace it)
-        left = source.ttl_seconds - (cutouts.wall_clock() - min(cutout.fetched))
-        freshness = f"max-age={max(0, int(left))}"
+    immutable = (source.cache and source.ttl_seconds is None and not source.writable
+                 and cutout.stale_age is None and cutout.fetched)
+    freshness = f"max-age={_IMMUTABLE}, immutable" if immutable else "no-cache"
     varies = [*vary, "Authorization"] if private else list(vary)
     headers = {"ETag": f'"{digest.hexdigest()}"',
                "Cache-Control": f"{'private' if private else 'public'}, {freshness}"}
