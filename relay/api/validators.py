@@ -11,8 +11,9 @@ asks again each time and gets a 304 while the ETag holds: a ``writable`` source'
 with the next write (a year's ``immutable`` would keep the old ones in every browser that saw
 them), and a ``ttl_seconds`` source's when its store does, or when a client refreshes them
 (``access-mode=raw``). An uncached source or a stale-if-error answer is ``no-cache`` too.
-A response that depends on the caller's credential (a source that forwards each caller's token, or a relay with ``server.tokens``) is
-``private``, so no shared cache keeps it, and varies on ``Authorization``.
+A response that depends on the caller's credential (a source that forwards each caller's
+token, or a relay with ``server.tokens``) is ``private``, so no shared cache keeps it, and
+varies on ``Authorization``.
 """
 
 from __future__ import annotations
