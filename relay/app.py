@@ -242,7 +242,9 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
                              hosts=HostFilter(server.allowed_hosts, server.host), hops=hops,
                              metrics=metrics)]
     if settings.server.tokens:
-        middleware.append(Middleware(AuthMiddleware, tokens=settings.server.tokens))
+        # a write token opens the door too (what it may write is decided by the write route)
+        middleware.append(Middleware(AuthMiddleware, tokens=(
+            *settings.server.tokens, *(settings.server.write_tokens or ()))))
     middleware.append(Middleware(CountingMiddleware, metrics=metrics,
                                  limit=settings.server.max_concurrency))
 

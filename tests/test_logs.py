@@ -104,3 +104,34 @@ def test_an_id_that_is_not_a_plain_token_is_replaced(chain: Chain) -> None:
     assert response.status_code == 200
     assert response.headers["x-request-id"] != "bad id\twith <stuff>"
     assert len(response.headers["x-request-id"]) == 16
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_access_log_keeps_tokens_out_and_its_lines_whole(tmp_path: Path,
+                                                             log_format: str) -> None:
+    """Findings 9 and 13 of issue 25: the viewer's ``/?token=T`` was written to the access log
+    in clear, and a ``%0a`` in any URL forged a whole extra line of the text log."""
+    secret = "s3cret-viewer-token"
+    config = write_config(tmp_path / "relay.yaml", [], None,
+                          server={"log_format": log_format, "tokens": [secret]})
+    log = tmp_path / "relay.log"
+    forged = "%0a2026-01-01 00:00:00,000 INFO relay.access: 6.6.6.6 %22GET /forged%22 200"
+    with RelayProcess(["--config", str(config)], log=log) as relay:
+        httpx.get(f"{relay.url}/?token={secret}", follow_redirects=False)
+        httpx.get(f"{relay.url}/healthz")
+        httpx.get(f"{relay.url}/v1/collection/x{forged}/",
+                  headers={"Authorization": f"Token {secret}"})
+        httpx.get(f"{relay.url}/v1/collection/?access_token={secret}&t%6Fken={secret}",
+                  headers={"Authorization": f"Token {secret}"})
+        wait_for(lambda: "access_token=" in log.read_text(), 30, "the last access line")
+    text = log.read_text()
+    assert secret not in text
+    assert text.count("REDACTED") >= 3
+    lines = text.splitlines()
+    assert not any("6.6.6.6" in line and "/forged" in line and line.find("6.6.6.6") < 40
+                   for line in lines)
+    (escaped,) = [line for line in lines if "forged" in line]
+    if log_format == "json":
+        assert json.loads(escaped)["path"].startswith("/v1/collection/x%0A2026")
+    else:
+        assert '"GET /v1/collection/x%0A2026-01-01%2000:00:00,000' in escaped

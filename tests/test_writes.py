@@ -517,3 +517,25 @@ def test_write_tokens_guard_writes_and_leave_reads_open(stores: Stores, tmp_path
         assert (stores.truth("zarr", "uint16", ((150, 154), (100, 103), (12, 14))) == 77).all()
     finally:
         relay.stop()
+
+
+def test_with_tokens_and_write_tokens_a_write_token_writes(stores: Stores, tmp_path: Path) -> None:
+    """Finding 14 of issue 25: with both ``server.tokens`` and ``server.write_tokens`` set, a
+    write token got 401 from the read gate before the write route could accept it."""
+    relay = relay_over(tmp_path, stores.sources, tokens=["reader"], write_tokens=["pen"]).start()
+    try:
+        url = f"{relay.url}/v1/cutout/zarr/w/u16/0/160:164/100:103/12:14/"
+        body, headers = _blosc(np.full((2, 3, 4), 55, np.uint16)), {
+            "Content-Type": "application/blosc"}
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Token reader"}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": "Token pen"}).status_code == 200
+        for authorization in (None, "Token reader", "Token wrong"):
+            sent = {**headers, **({"Authorization": authorization} if authorization else {})}
+            response = httpx.post(url, content=body, headers=sent)
+            assert (response.status_code, response.json()["code"]) == (401, 3004)
+        accepted = httpx.post(url, content=body, headers={**headers, "Authorization": "Token pen"})
+        assert accepted.status_code == 201, accepted.text
+        assert (stores.truth("zarr", "uint16", ((160, 164), (100, 103), (12, 14))) == 55).all()
+    finally:
+        relay.stop()

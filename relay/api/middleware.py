@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
@@ -50,7 +50,8 @@ from ..hops import (
 from ..logs import ACCESS
 from ..metrics import Metrics, Outcome, route_family
 
-__all__ = ["TOKEN_COOKIE", "AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter"]
+__all__ = ["TOKEN_COOKIE", "AuthMiddleware", "CountingMiddleware", "EdgeMiddleware", "HostFilter",
+           "redacted_query"]
 
 log = logging.getLogger("relay")
 
@@ -286,15 +287,46 @@ _X_CACHE = {"memory": "HIT", "disk": "HIT", "shared": "HIT", "derived": "MISS",
             "upstream": "MISS", "stale": "STALE"}
 
 
+#: query parameters whose values are never written to a log (``?token=`` opens the viewer)
+_SECRET_NAMES = re.compile(r"token|password|passwd|secret|signature|api[_-]?key|^key$",
+                           re.IGNORECASE)
+#: what may stand in a logged path or query as it is: printable ASCII but for the quote and
+#: the backslash that delimit and escape the text line's fields
+_UNSAFE = re.compile(r'[^\x21-\x7e]|["\\]')
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control characters, spaces, quotes, backslashes and anything not ASCII
+    percent-encoded (as UTF-8): a ``%0a`` in a URL, decoded into the path, must not start a
+    line of its own in the text log."""
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8",
+                                                                          "surrogateescape")),
+                       text)
+
+
+def redacted_query(query: str) -> str:
+    """``query`` with the value of every parameter named like a credential replaced."""
+    if not query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        if eq and _SECRET_NAMES.search(unquote_plus(name)):
+            part = f"{name}=REDACTED"
+        parts.append(part)
+    return "&".join(parts)
+
+
 def _access(scope: Scope, status: int, nbytes: int, seconds: float, outcome: str,
             rid: str) -> None:
-    """The request's access line (``relay.logs``)."""
-    query = scope.get("query_string", b"")
-    path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    """The request's access line (``relay.logs``): credentials in the query redacted, and
+    every field a client chose escaped."""
+    query = redacted_query(scope.get("query_string", b"").decode("latin-1"))
+    path = _escaped(scope["path"][:512]) + ("?" + _escaped(query[:512]) if query else "")
     client = scope.get("client")
-    fields = {"method": scope["method"], "path": path[:512], "status": status, "bytes": nbytes,
-              "ms": round(seconds * 1e3, 2), "outcome": outcome, "request_id": rid,
-              "client": client[0] if client else None}
+    fields = {"method": _escaped(scope["method"][:16]), "path": path, "status": status,
+              "bytes": nbytes, "ms": round(seconds * 1e3, 2), "outcome": outcome,
+              "request_id": rid, "client": client[0] if client else None}
     if (parent := traceparent.get()) is not None:
         fields["traceparent"] = parent
     ACCESS.info('%s "%s %s" %d %d %.1fms %s id=%s', fields["client"], fields["method"],

@@ -26,10 +26,10 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, StreamingResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
@@ -128,8 +128,24 @@ a.open{font-weight:600}.muted{color:#777}
 """
 
 
-async def index(request: Request) -> HTMLResponse:
-    """The catalog, with snippets and viewer links, as the caller sees it."""
+#: the index page names no other site, and the URL it was opened with may have held a token
+_NO_REFERRER = {"Referrer-Policy": "no-referrer"}
+
+
+async def index(request: Request) -> Response:
+    """The catalog, with snippets and viewer links, as the caller sees it. Opened as
+    ``/?token=T`` (``AuthMiddleware`` has checked T), it sets the browser's cookie and
+    redirects to itself without the token, so the token stays out of the address bar, the
+    browser's history and bookmarks, and any ``Referer``."""
+    given = request.query_params.get("token")
+    if given:
+        rest = urlencode([(k, v) for k, v in request.query_params.multi_items()
+                          if k != "token"])
+        redirect = RedirectResponse("/" + (f"?{rest}" if rest else ""), status_code=303,
+                                    headers={**_NO_REFERRER, "Cache-Control": "no-store"})
+        redirect.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return redirect
     base = str(request.base_url).rstrip("/")
     host = request.url.netloc
     token = caller_token(request)
@@ -198,13 +214,7 @@ async def index(request: Request) -> HTMLResponse:
         parts.append("<h2>Not listed</h2><ul>"
                      + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul>")
     parts.append("</body></html>")
-    response = HTMLResponse("".join(parts))
-    given = request.query_params.get("token")
-    if given:
-        # the browser's credential from now on (AuthMiddleware has checked it)
-        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
-    return response
+    return HTMLResponse("".join(parts), headers=_NO_REFERRER)
 
 
 async def events(request: Request) -> StreamingResponse:
