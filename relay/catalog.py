@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import dialect
 from .config import SourceSettings
 from .errors import ConfigError, RelayError, ResourceNotFound, UpstreamError
-from .model import ChannelInfo, ChannelRef, checked_info, token_digest
+from .model import ChannelInfo, ChannelRef, checked_info, is_name, show, token_digest
 from .pyramid import Pyramid, derive_levels
 from .upstreams.base import SpeaksBoss, Upstream, UpstreamContext
 from .upstreams.kinds import Registry
@@ -113,7 +113,18 @@ class Catalog:
                 out.append(pattern)
             elif (speaker := self.speaks_boss(upstream)) is not None and (
                     first is None or first[1] is upstream):
-                out.extend((await speaker.boss_json(path, token))[key])
+                body = await speaker.boss_json(path, token)
+                listed = body.get(key) if isinstance(body, dict) else None
+                if not isinstance(listed, list):
+                    raise UpstreamError(f"the upstream's {key} are not a list")
+                # an upstream's names are checked like a client's: one that is not a name
+                # ("../../admin?x=") never reaches a URL of this relay or of its upstream
+                names_ok = [name for name in listed if is_name(name)]
+                if len(names_ok) < len(listed):
+                    log.warning("%s of %s lists %d names that are not names; left out",
+                                source.kind, "/".join(names) or "the upstream",
+                                len(listed) - len(names_ok))
+                out.extend(names_ok)
         return _unique(out)
 
     async def collections(self, token: str | None = None) -> list[str]:
@@ -138,6 +149,10 @@ class Catalog:
             raise ResourceNotFound(f"Experiment {experiment} not found")
 
     async def channel(self, ref: ChannelRef, token: str | None = None) -> Channel:
+        for what, name in (("Collection", ref.collection), ("Experiment", ref.experiment),
+                           ("Channel", ref.channel)):
+            if not is_name(name):  # whoever asks: never a store's URL
+                raise ResourceNotFound(f"{what} {show(name)} not found")
         claimed = self.claim(ref.collection, ref.experiment, ref.channel)
         if claimed is None:
             self._require(ref.collection, ref.experiment)

@@ -36,6 +36,7 @@ __all__ = [
     "VoxelUnit",
     "checked_info",
     "default_cuboid",
+    "is_name",
     "set_source_check",
     "show",
     "token_digest",
@@ -43,6 +44,12 @@ __all__ = [
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 _NAME = re.compile(NAME_PATTERN)
+
+
+def is_name(value: object) -> bool:
+    """Is ``value`` a collection, experiment or channel name a store may be asked for (what a
+    client may send, and what an upstream's listing may hold)?"""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 def show(name: str) -> str:
     """A client-chosen name, safe to echo in a message."""

@@ -166,3 +166,26 @@ def test_a_credential_behind_any_origin_is_warned_about_at_start(tmp_path: Path)
     result = subprocess.run([sys.executable, "-m", "relay", "serve", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert "any web page" not in result.stderr
+
+
+async def test_names_an_upstream_lists_are_checked_before_any_url(upstream: FaultServer) -> None:
+    """Finding 12 of issue 25: the index page sent names from an upstream's listing into
+    upstream URLs unchecked, with the relay's token (``../../internal/admin?x=`` became a
+    request path). They are checked like a client's names, and left out."""
+    hostile = ["../../internal/admin?x=", "c/../../x", "a b", "c%2F..", "", 7, None]
+    upstream.metadata["/v1/collection/"] = {"collections": ["c", *hostile]}
+    upstream.metadata["/v1/collection/c/experiment/"] = {"experiments": ["e", *hostile]}
+    upstream.metadata["/v1/collection/c/experiment/e/channel/"] = {"channels": ["ch",
+                                                                                *hostile]}
+    settings = Settings(sources=[{"collection": "*", "kind": "boss", "url": upstream.url,
+                                  "retries": 0, "token": "relay-secret"}],
+                        cache={"disk_dir": None})
+    with ThreadedServer(create_app(settings)) as relay:
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            page = await client.get("/")
+            listing = await client.get("/v1/collection/")
+    assert page.status_code == 200 and "c / e" in page.text
+    assert listing.json() == {"collections": ["c"]}
+    assert upstream.targets, "the upstream was asked"
+    assert not any("internal" in t or ".." in t or "%2F" in t or "None" in t
+                   for t in upstream.targets), upstream.targets
