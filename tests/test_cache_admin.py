@@ -162,3 +162,84 @@ def test_a_config_without_the_tier_says_so(tmp_path: Path, tier: str) -> None:
     config = write_config(tmp_path / "relay.yaml", _sources(tmp_path), None)
     result = _cache(config, "stats", "--tier", tier)
     assert result.returncode == 1 and "no " + tier in result.stderr
+
+
+class _Exploit:
+    """A pickle that would leave a file behind if it were ever unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_cache_directory_runs_nothing_and_deletes_nothing(tmp_path: Path) -> None:
+    """Finding 6 of issue 25: a ``cache.db`` row in diskcache's pickle mode was unpickled by
+    ``relay cache verify`` (and by a relay reading that key), and a row naming an absolute
+    path got that file deleted. Such rows are foreign: reported, never read, left alone, and a
+    relay reads those cuboids upstream again."""
+    import pickle
+
+    cache_dir = tmp_path / "cache"
+    config = write_config(tmp_path / "relay.yaml", _sources(tmp_path), cache_dir)
+    with RelayProcess(["--config", str(config)], log=tmp_path / "relay.log") as relay:
+        _read_all(relay, "a")
+    marker, victims = tmp_path / "exploited", [tmp_path / "victim", tmp_path / "victim2"]
+    for victim in victims:
+        victim.write_text("not the cache's")
+    with sqlite3.connect(cache_dir / "cache.db") as db:
+        keys = [k for (k,) in db.execute("SELECT key FROM Cache ORDER BY key")]
+        db.execute("UPDATE Cache SET mode = 4, filename = NULL, value = ? WHERE key = ?",
+                   (pickle.dumps(_Exploit(marker)), keys[0]))
+        db.execute("UPDATE Cache SET mode = 2, filename = ? WHERE key = ?",
+                   (str(victims[0]), keys[1]))  # an absolute path
+        db.execute("UPDATE Cache SET mode = 2, filename = ? WHERE key = ?",
+                   ("../victim2", keys[2]))  # a path out of the directory
+        db.execute("UPDATE Cache SET mode = 3 WHERE key = ?", (keys[3],))  # text mode
+    verify = _cache(config, "verify")
+    assert verify.returncode == 1, verify.stderr
+    assert "4 foreign (left alone)" in verify.stderr, verify.stderr
+    assert f"{CUBOIDS - 4} whole, 0 damaged" in verify.stderr
+    assert "Traceback" not in verify.stderr
+    with RelayProcess(["--config", str(config)], log=tmp_path / "relay2.log") as relay:
+        _check(relay, "a")  # the four are read upstream again, and written over
+        assert relay.upstream_reads() == 4
+    assert _cache(config, "verify").returncode == 0
+    assert _cache(config, "purge", "--all").returncode == 0
+    assert not marker.exists()
+    assert all(victim.read_text() == "not the cache's" for victim in victims)
+
+
+def test_foreign_redis_keys_are_counted_and_left_alone(tmp_path: Path,
+                                                       redis_server: RedisServer) -> None:
+    """Finding 15 of issue 25: ``relay cache stats|verify|purge`` crashed with a traceback on
+    one foreign key under the prefix (a name that is not UTF-8, a hash), and ``purge --all``
+    could then not clean the tier."""
+    prefix = f"t-{tmp_path.name}:"
+    config = write_config(tmp_path / "relay.yaml", _sources(tmp_path), None,
+                          redis_url=redis_server.url, redis_prefix=prefix, memory_bytes=0)
+    with RelayProcess(["--config", str(config)], log=tmp_path / "relay.log") as relay:
+        _read_all(relay, "a")
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.set(prefix.encode() + b"{\xff\xfe}", b"x")
+    client.hset(f"{prefix}{{a-hash}}", "field", "value")
+    client.set(f"{prefix}{{another-program}}", b"its own bytes")
+    try:
+        stats = _cache(config, "stats", "--tier", "redis")
+        assert stats.returncode == 0, stats.stderr
+        assert "2 keys not a relay's, left alone" in stats.stdout
+        verify = _cache(config, "verify", "--tier", "redis")
+        assert verify.returncode == 1, verify.stderr
+        assert f"{CUBOIDS} whole, 0 damaged (removed), 1 foreign (left alone)" in verify.stderr
+        purged = _cache(config, "purge", "--tier", "redis", "--all")
+        assert purged.returncode == 0, purged.stderr
+        for result in (stats, verify, purged):
+            assert "Traceback" not in result.stdout + result.stderr
+        left = set(client.scan_iter(match=prefix.encode() + b"*"))
+        assert left >= {prefix.encode() + b"{\xff\xfe}", f"{prefix}{{a-hash}}".encode()}
+        assert not any(b"/c/e/a/" in key for key in left)  # the relay's entries: purged
+    finally:
+        client.close()

@@ -11,6 +11,10 @@ All of it is safe while relays use the tiers: a purge removes entries (a relay t
 upstream again, or still has them in memory, which holds the same bytes), and verify removes
 only entries whose checksum fails, which a relay would refuse to serve anyway. Neither can make
 a relay serve a wrong byte.
+
+What a relay did not write — a key under the Redis prefix that is not a relay's value (not
+UTF-8, a hash, another program's bytes), a disk row in a form a relay never writes — is never
+read as a value nor removed: every command counts it, says so, and goes on.
 """
 
 from __future__ import annotations
@@ -99,6 +103,12 @@ class _Group:
     levels: set[int] = field(default_factory=set)
 
 
+def _foreign(tier: Inventoried) -> str:
+    """What a line about ``tier`` adds for the keys its listing left out."""
+    n = tier.foreign_keys
+    return f"; {n} keys not a relay's, left alone" if n else ""
+
+
 def _label(tier: CacheTier) -> str:
     where = getattr(tier, "directory", None) or getattr(tier, "where", "")
     return f"{tier.name} tier {where}".rstrip()
@@ -118,7 +128,8 @@ async def stats(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
                 group.levels.add(name.level)
         total = sum(g.nbytes for g in groups.values())
         count = sum(g.entries for g in groups.values())
-        print(f"{_label(tier)}: {count} entries, {total / 1e6:.1f} MB", file=out)
+        print(f"{_label(tier)}: {count} entries, {total / 1e6:.1f} MB{_foreign(tier)}",
+              file=out)
         rows = []
         for (index, channel), group in sorted(groups.items(),
                                               key=lambda item: (item[0][0] is None, item[0])):
@@ -161,7 +172,7 @@ async def verify(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
         assert isinstance(tier, Inventoried)
         picked = await _selected(tier, sources, selection)
         tally = Tally(len(picked), "entries")
-        counts = {"whole": 0, "damaged": 0, "gone": 0}
+        counts = {"whole": 0, "damaged": 0, "gone": 0, "foreign": 0}
         async with progress(tally, f"verifying {tier.name}", out):
             for key, size, _, _ in picked:
                 found = await tier.check(key)
@@ -170,13 +181,18 @@ async def verify(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
                     tally.failed += 1
                     print(f"relay cache: {tier.name}: {key} failed its checksum; removed",
                           file=out)
+                elif found == "foreign":
+                    tally.failed += 1
+                    print(f"relay cache: {tier.name}: {key} is not an entry a relay wrote; "
+                          "left alone", file=out)
                 else:
                     tally.done += 1
                 tally.nbytes += size
-        damaged_total += counts["damaged"]
+        damaged_total += counts["damaged"] + counts["foreign"] + tier.foreign_keys
         print(f"relay cache: {_label(tier)}: {counts['whole']} whole, {counts['damaged']} "
-              f"damaged (removed), {counts['gone']} gone meanwhile "
-              f"({tally.nbytes / 1e6:.1f} MB in {tally.seconds:.1f} s)", file=out)
+              f"damaged (removed), {counts['foreign']} foreign (left alone), "
+              f"{counts['gone']} gone meanwhile ({tally.nbytes / 1e6:.1f} MB in "
+              f"{tally.seconds:.1f} s){_foreign(tier)}", file=out)
     return 1 if damaged_total else 0
 
 
@@ -188,5 +204,5 @@ async def purge(tiers: Sequence[CacheTier], sources: Sequence[SourceSettings],
         for key, _, _, _ in picked:
             await tier.delete(key)
         print(f"relay cache: {_label(tier)}: removed {len(picked)} entries "
-              f"({sum(entry[1] for entry in picked) / 1e6:.1f} MB)", file=out)
+              f"({sum(entry[1] for entry in picked) / 1e6:.1f} MB){_foreign(tier)}", file=out)
     return 0

@@ -9,8 +9,9 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 __all__ = ["CacheTier", "Checked", "Inventoried", "Leasing", "Versioned"]
 
-#: what checking one entry found: whole, damaged (and removed), or gone meanwhile
-Checked = Literal["whole", "damaged", "gone"]
+#: what checking one entry found: whole, damaged (and removed), gone meanwhile, or foreign (not
+#: written by a relay: never read as a value, left alone)
+Checked = Literal["whole", "damaged", "gone", "foreign"]
 
 
 class CacheTier(ABC):
@@ -85,8 +86,12 @@ class Inventoried(Protocol):
     """A tier that outlives a relay (disk, Redis): its entries can be listed, checked and
     removed from outside one (``relay cache``), while relays use it."""
 
+    #: how many keys the last ``entries`` left out: keys under the tier's name that a relay
+    #: did not write (another program's, a tampered row), which nothing here touches
+    foreign_keys: int
+
     def entries(self) -> AsyncIterator[tuple[str, int]]:
-        """Every key with the bytes it takes, in no particular order."""
+        """Every key a relay wrote, with the bytes it takes, in no particular order."""
         ...
 
     async def check(self, key: str) -> Checked:

@@ -9,7 +9,7 @@ import struct
 
 from ..codecs import crc32
 
-__all__ = ["seal", "seal_header", "unseal"]
+__all__ = ["looks_sealed", "seal", "seal_header", "unseal"]
 
 _FRAME = struct.Struct("<4sIQ")  # magic, crc32, payload length
 _MAGIC = b"RLD1"
@@ -33,3 +33,9 @@ def unseal(framed: object) -> bytes | None:
     if magic != _MAGIC or length != len(payload) or crc32(payload) != crc:
         return None
     return payload
+
+
+def looks_sealed(framed: object) -> bool:
+    """Does ``framed`` begin as a sealed value does (a relay's, damaged or not), rather than
+    being another program's bytes?"""
+    return isinstance(framed, bytes) and framed[:len(_MAGIC)] == _MAGIC

@@ -18,6 +18,14 @@ miss. Nor does it
 remove the half-written file a failed write (ENOSPC, EIO) leaves behind, which on a full disk
 would keep the disk full: ``_Disk`` does.
 
+And a cache directory is data, never code: diskcache would unpickle a row stored in its pickle
+mode, and read or delete whatever path a row names (an absolute one included). A directory
+shared between containers, or restored from elsewhere, must not be able to run code in the
+relay or make it delete files. ``_Disk`` reads only what this tier writes — raw bytes in the
+row, or a value file under the name diskcache itself makes (``ab/cd/<28 hex>.val``, inside the
+directory) — and touches no other path; any other row is *foreign*: a miss for a relay (which
+then writes its own value over it), counted and left alone by ``relay cache verify``.
+
 Several processes (``--workers``) may share one directory: diskcache keeps its index in SQLite
 and names every value file at random, so they never write the same file.
 """
@@ -29,18 +37,19 @@ import contextlib
 import io
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import diskcache
-from diskcache.core import MODE_BINARY, UNKNOWN
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from .base import CacheTier, Checked
 from .checksum import seal_header, unseal
 
-__all__ = ["DiskTier"]
+__all__ = ["DiskTier", "ForeignEntry"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,24 @@ class _Sealed(NamedTuple):
 
     head: bytes
     value: bytes
+
+
+#: the value files diskcache names (``Disk.filename``, stable since diskcache 4)
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
+
+
+class ForeignEntry(OSError):
+    """A row this tier did not write (pickled, text, or naming a path of its own choosing):
+    never read, never removed. An OSError, which diskcache's ``get`` takes for a miss."""
+
+
+def _trusted(mode: int, filename: object, value: object) -> bool:
+    """Is this a row this tier could have written (its value raw in the row, or in a value
+    file named as diskcache names them)?"""
+    if mode == MODE_RAW:
+        return isinstance(value, bytes) and filename is None
+    return (mode == MODE_BINARY and isinstance(filename, str)
+            and _VALUE_FILE.fullmatch(filename) is not None)
 
 
 class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hints
@@ -70,6 +97,18 @@ class _Disk(diskcache.Disk):  # type: ignore[misc]  # diskcache has no type hint
             self._write(full_path, iter(value), "xb")
             return size, MODE_BINARY, filename, None
         return super().store(value, read, key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        # (``Disk.fetch``'s raw and binary branches; its text and pickle ones are never taken)
+        if not _trusted(mode, filename, bytes(value) if isinstance(value, memoryview) else value):
+            raise ForeignEntry(f"a cache row this relay did not write (mode {mode})")
+        return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path: Any) -> None:
+        # only a value file diskcache named, inside the directory: a row's name for a file is
+        # data, and a tampered one could name any path
+        if isinstance(file_path, str) and _VALUE_FILE.fullmatch(file_path):
+            super().remove(file_path)
 
     def _write(self, full_path: str, iterator: Any, mode: str,
                encoding: str | None = None) -> int | None:
@@ -100,6 +139,8 @@ class DiskTier(CacheTier):
         )
         self.size_limit = size_limit
         self._corrupt = 0
+        #: keys the last ``entries`` left out (not this tier's)
+        self.foreign_keys = 0
 
     async def get(self, key: str) -> bytes | None:
         return await asyncio.to_thread(self._get, key)
@@ -139,13 +180,24 @@ class DiskTier(CacheTier):
         # diskcache's own table (stable since 4.0): a value file's size, or the length of a
         # value kept in the row itself (under 32 KiB)
         rows = await asyncio.to_thread(lambda: list(self._cache._sql(
-            "SELECT key, CASE WHEN size > 0 THEN size ELSE length(value) END FROM Cache")))
-        for key, size in rows:
-            if isinstance(key, str):
-                yield key, int(size or 0)
+            "SELECT key, raw, CASE WHEN size > 0 THEN size ELSE length(value) END "
+            "FROM Cache")))
+        self.foreign_keys = 0
+        for key, raw, size in rows:
+            if isinstance(key, str) and raw:
+                yield key, int(size or 0) if isinstance(size, int) else 0
+            else:  # a pickled key (diskcache would unpickle it to name it): not ours
+                self.foreign_keys += 1
 
     async def check(self, key: str) -> Checked:
         def read() -> Checked:
+            row = self._cache._sql(  # diskcache's own table (stable since 4.0)
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
+                (key,)).fetchone()
+            if row is None:
+                return "gone"
+            if not _trusted(row[0], row[1], row[2]):
+                return "foreign"
             framed = self._cache.get(key, default=None, retry=True)
             if framed is None:
                 return "gone"

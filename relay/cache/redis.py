@@ -48,7 +48,7 @@ from redis.exceptions import ResponseError
 
 from ..offload import offload
 from .base import CacheTier, Checked
-from .checksum import seal, unseal
+from .checksum import looks_sealed, seal, unseal
 
 __all__ = ["RETRY_AFTER", "RedisTier", "parse_redis_url"]
 
@@ -339,25 +339,41 @@ class RedisTier(CacheTier):
         be cached): the relays waiting for it read for themselves at once."""
         await self._end_lease(key)
 
-    async def entries(self) -> AsyncIterator[tuple[str, int]]:
-        # every value key under the prefix (leases are skipped), with its length; glob
-        # characters in the prefix are escaped so they match themselves
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "{*}"
-        batch: list[bytes] = []
+    #: keys the last ``entries`` left out (not a relay's: another program's, under the prefix)
+    foreign_keys = 0
 
-        async def sized(names: list[bytes]) -> list[tuple[str, int]]:
+    async def entries(self) -> AsyncIterator[tuple[str, int]]:
+        # every value key under the prefix (leases and versions are skipped), with its length;
+        # glob characters in the prefix are escaped so they match themselves. A key that is
+        # not a relay's (a name that is not UTF-8, a hash or a list under the prefix) is
+        # counted and left out, never a reason to stop.
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "{*}"
+        head = len(self.prefix) + 1
+        self.foreign_keys = 0
+        batch: list[tuple[bytes, str]] = []
+
+        async def sized(names: list[tuple[bytes, str]]) -> list[tuple[str, int]]:
             pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                pipe.strlen(name)
-            lengths = await pipe.execute()
-            head = len(self.prefix) + 1
-            return [(name.decode()[head:-1], int(n)) for name, n in zip(names, lengths,
-                                                                        strict=True)]
+            for raw, _ in names:
+                pipe.strlen(raw)
+            lengths = await pipe.execute(raise_on_error=False)
+            out = []
+            for (_, key), n in zip(names, lengths, strict=True):
+                if isinstance(n, int):
+                    out.append((key, n))
+                else:  # WRONGTYPE: not a string value
+                    self.foreign_keys += 1
+            return out
 
         async for name in self.client.scan_iter(match=pattern, count=1000):
             if not name.endswith(b"}"):
-                continue  # a lease ("…}:lease")
-            batch.append(name)
+                continue  # a lease ("…}:lease"), a version ("…}:ver") or a mark
+            try:
+                key = name.decode()[head:-1]
+            except UnicodeDecodeError:
+                self.foreign_keys += 1
+                continue
+            batch.append((name, key))
             if len(batch) >= 1000:
                 for entry in await sized(batch):
                     yield entry
@@ -367,10 +383,15 @@ class RedisTier(CacheTier):
 
     async def check(self, key: str) -> Checked:
         value_key, _ = self._keys(key)
-        framed = await self.client.get(value_key)
+        try:
+            framed = await self.client.get(value_key)
+        except ResponseError:  # WRONGTYPE: another program's key
+            return "foreign"
         if framed is None:
             return "gone"
         if await offload(unseal, framed, nbytes=len(framed)) is None:
+            if not looks_sealed(framed):
+                return "foreign"  # another program's string: not the relay's to remove
             self.counters["corrupt"] += 1
             await self.client.delete(value_key)
             return "damaged"
