@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blosc
 import httpx
@@ -69,7 +70,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     source = {"collection": "t", "experiment": "w", "channel": "c", "kind": "zarr",
               "url": store.as_uri(), "voxel_size": [4, 4, 40], "writable": True,
               "cuboid": list(CUBOID_XYZ), "downsample": "none"}
-    small = {"memory_bytes": 3 * PACKED, "decoded_bytes": 0}
+    small: dict[str, Any] = {"memory_bytes": 3 * PACKED, "decoded_bytes": 0}
     with RedisServer(root / "redis") as redis:
         fleet = Fleet(store, redis)
         try:
