@@ -17,6 +17,11 @@ with one seam replaced, and production code carries no test switches.
 ``RELAY_HOOK_STORE_PAUSE_AT="M:OUT:IN"``
     Before the M-th chunk file, one line to the FIFO ``OUT``, then wait for a line on ``IN``:
     the test does something while the write is under way, then lets it go on.
+``RELAY_HOOK_SLOW_DISK="SECONDS"``
+    Every disk-tier lookup takes that much longer after it has read its value, and every
+    delete that much longer before it deletes (diskcache's ``Cache.get`` and
+    ``Cache.delete``, called in worker threads): a slow or busy disk, which widens the windows
+    a read racing a write's delete has.
 ``RELAY_HOOK_WRITE_ERROR="ENOSPC"`` (or ``EROFS``, ``EIO``)
     Every value-file write fails with that errno: ENOSPC and EIO after half the bytes are on
     disk (a disk filling up), EROFS when the file is opened (a file system remounted
@@ -39,6 +44,7 @@ KILL_AT = "RELAY_HOOK_KILL_AT"
 STORE_KILL_AT = "RELAY_HOOK_STORE_KILL_AT"
 STORE_PAUSE_AT = "RELAY_HOOK_STORE_PAUSE_AT"
 WRITE_ERROR = "RELAY_HOOK_WRITE_ERROR"
+SLOW_DISK = "RELAY_HOOK_SLOW_DISK"
 
 _writes = itertools.count(1)
 _lock = threading.Lock()
@@ -117,6 +123,23 @@ def _store_hooks(kill: str | None, pause: str | None) -> None:
     local._put = put
 
 
+def _slow_disk(seconds: float) -> None:
+    get, delete = diskcache.Cache.get, diskcache.Cache.delete
+    pause = threading.Event()  # never set: a wait of ``seconds`` that a test cannot cut short
+
+    def slow_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        value = get(self, *args, **kwargs)
+        pause.wait(seconds)
+        return value
+
+    def slow_delete(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pause.wait(seconds)
+        return delete(self, *args, **kwargs)
+
+    diskcache.Cache.get = slow_get
+    diskcache.Cache.delete = slow_delete
+
+
 def _announce(fifo: str) -> None:
     with open(fifo, "w") as out:
         out.write("writing\n")
@@ -129,6 +152,8 @@ def install() -> None:
         _store_hooks(os.environ.get(STORE_KILL_AT), os.environ.get(STORE_PAUSE_AT))
     if name := os.environ.get(WRITE_ERROR):
         diskcache.Disk._write = _write_error(name)
+    if seconds := os.environ.get(SLOW_DISK):
+        _slow_disk(float(seconds))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A writable zarr store; relays A and B share a real redis-server (a fleet: both r
 the store, A takes the writes); relay C is a chain hop in front of A (a laptop relay, writable,
 with its own memory and disk). Every relay has a memory tier of a few cuboids over a disk tier,
 so reads find cuboids on disk and promote them, the path a read racing a write took to put the
-old voxels back (finding 1).
+old voxels back (finding 1); the disk is a slow one (``hooked_relay``'s ``SLOW_DISK``: 10 ms a
+lookup or delete, a busy machine's), which widens the windows a race has.
 
 Hypothesis interleaves:
 - bursts: writes through C (one after the other, each a box filled with a value of its own)
@@ -37,17 +38,22 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from ..servers import RedisServer, RelayProcess, write_config
+from .conftest import hooked_relay
+from .hooked_relay import SLOW_DISK
 
 SHAPE_ZYX = (16, 64, 96)
 CHUNK_ZYX = (4, 16, 16)
 CUBOID_XYZ = (32, 32, 8)  # 3 × 2 × 2 relay cuboids, each 2 × 2 × 2 store chunks
 PACKED = 32 * 32 * 8 * 2  # a cuboid's bytes (uint16 noise barely compresses)
 NAMES = ("A", "B", "C")
+SLOW = {SLOW_DISK: "0.01"}
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (x0, x1), (y0, y1), (z0, z1)
 
 CUBOIDS: list[Box] = [((x, x + 32), (y, y + 32), (z, z + 8))
                       for z in (0, 8) for y in (0, 32) for x in (0, 32, 64)]
+#: the whole volume: one cuboid of the chain hop's grid (BossDB's 512 × 512 × 16, clipped)
+WHOLE: Box = ((0, SHAPE_ZYX[2]), (0, SHAPE_ZYX[1]), (0, SHAPE_ZYX[0]))
 
 
 @dataclass
@@ -77,13 +83,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             for name in ("A", "B"):
                 config = write_config(root / f"{name}.yaml", [source], root / f"{name}-cache",
                                       redis_url=redis.url, redis_prefix="trust:", **small)
-                fleet.relays[name] = RelayProcess(["--config", str(config)],
-                                                  log=root / f"{name}.log").start()
+                fleet.relays[name] = hooked_relay(config, SLOW, root / f"{name}.log").start()
             hop = {"collection": "*", "kind": "boss", "url": fleet.relays["A"].url,
                    "writable": True}
             config = write_config(root / "C.yaml", [hop], root / "C-cache", **small)
-            fleet.relays["C"] = RelayProcess(["--config", str(config)],
-                                             log=root / "C.log").start()
+            fleet.relays["C"] = hooked_relay(config, SLOW, root / "C.log").start()
             yield fleet
         finally:
             for relay in fleet.relays.values():
@@ -159,7 +163,7 @@ def _boxes() -> st.SearchStrategy[Box]:
 
     # mostly whole cuboids: what intern and neuroglancer ask for, and the path (a stored
     # frame found in a tier) that raced writes
-    return st.one_of(st.sampled_from(CUBOIDS), st.sampled_from(CUBOIDS),
+    return st.one_of(st.sampled_from(CUBOIDS), st.sampled_from([*CUBOIDS, WHOLE]),
                      st.tuples(axis(SHAPE_ZYX[2]), axis(SHAPE_ZYX[1]), axis(SHAPE_ZYX[0])))
 
 
@@ -205,6 +209,16 @@ class TrustMachine(RuleBasedStateMachine):
     @rule(writes=st.lists(_boxes(), min_size=1, max_size=4),
           reads=st.lists(st.tuples(st.sampled_from(NAMES), _boxes()), min_size=1, max_size=6))
     def burst(self, writes: list[Box], reads: list[tuple[str, Box]]) -> None:
+        self._burst(writes, reads)
+
+    @rule(cuboid=st.sampled_from([*CUBOIDS, WHOLE]), name=st.sampled_from(NAMES),
+          count=st.integers(4, 12))
+    def hammer(self, cuboid: Box, name: str, count: int) -> None:
+        """The adversary's case: three threads read one cuboid of one relay while a loop
+        writes it."""
+        self._burst([cuboid] * count, [(name, cuboid)])
+
+    def _burst(self, writes: list[Box], reads: list[tuple[str, Box]]) -> None:
         done = threading.Event()
         seen: list[Read] = []
         failures: list[BaseException] = []
@@ -226,6 +240,10 @@ class TrustMachine(RuleBasedStateMachine):
         try:
             for box in writes:
                 self._write(box)
+                # the writer reads after its 201 (what a client that just wrote does): a
+                # stale copy would otherwise be dropped by the next write before anyone looked
+                for name, read_box in reads:
+                    seen.append(_read(self.client, self.fleet.relays[name], name, read_box))
         finally:
             done.set()
             for thread in threads:
