@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean bench bench-smoke system-packages bench-packages
+.PHONY: run test test-under-load lint typecheck pytest clean bench bench-smoke system-packages \
+	bench-packages
 
 # System programs the tests drive (Chromium and its WebDriver: neuroglancer's client in a real
 # browser; buildah, podman and mmdebstrap: the Docker image built and run without a daemon;
@@ -48,6 +49,12 @@ pytest: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
 test: system-packages lint typecheck pytest
+
+# The whole suite with a CPU hog on every core beside it (stress-ng): it must not need an idle
+# machine.
+test-under-load: $(STAMP) system-packages lint typecheck
+	@scripts/debian-packages stress-ng=stress-ng
+	scripts/under-load $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -43,6 +43,8 @@ T = TypeVar("T")
 #: budget, and no less than the smaller figure)
 DEFAULT_PENDING_BYTES = 256 * 2**20
 MIN_PENDING_BYTES = 32 * 2**20
+#: deletes remembered against promotions before the ones no lookup can need are let go
+_MARKS = 4096
 
 
 class TieredCache(CacheTier):
@@ -81,7 +83,7 @@ class TieredCache(CacheTier):
         self._tick = 0
         self._deleted_at: dict[str, int] = {}
         self._deleting: dict[str, int] = {}
-        self._lookups = 0
+        self._lookups: dict[int, int] = {}  # a lookup's start tick → how many began then
 
     async def get(self, key: str) -> bytes | None:
         return (await self.find(key))[0]
@@ -97,7 +99,7 @@ class TieredCache(CacheTier):
                     await self._hit(depth, key, value, began)
                     return value, tier.name
         finally:
-            self._end_lookup()
+            self._end_lookup(began)
         value = self._in_transit.get(key)
         if value is not None:
             self.counters["in_transit_hits"] += 1
@@ -115,13 +117,18 @@ class TieredCache(CacheTier):
             return
         depth, tier = self._shared
         began = self._begin_lookup()
+        looking = True
         try:
             async with tier.lease(key) as supplied:
                 if supplied is not None:
                     await self._hit(depth, key, supplied, began)
+                # the lookup ends here; the caller's upstream read may be long
+                looking = False
+                self._end_lookup(began)
                 yield supplied
         finally:
-            self._end_lookup()
+            if looking:
+                self._end_lookup(began)
 
     async def _hit(self, depth: int, key: str, value: bytes, began: int) -> None:
         """Count a hit in the tier at ``depth`` and copy the value into the faster tiers,
@@ -135,13 +142,20 @@ class TieredCache(CacheTier):
 
     def _begin_lookup(self) -> int:
         self._tick += 1
-        self._lookups += 1
+        self._lookups[self._tick] = self._lookups.get(self._tick, 0) + 1
         return self._tick
 
-    def _end_lookup(self) -> None:
-        self._lookups -= 1
+    def _end_lookup(self, began: int) -> None:
+        if (left := self._lookups[began] - 1) > 0:
+            self._lookups[began] = left
+        else:
+            del self._lookups[began]
         if not self._lookups:
             self._deleted_at.clear()
+        elif len(self._deleted_at) > _MARKS:
+            # a mark older than every lookup under way can stop none of them
+            oldest = min(self._lookups)
+            self._deleted_at = {k: t for k, t in self._deleted_at.items() if t >= oldest}
 
     def _promotable(self, key: str, began: int) -> bool:
         """May a value of ``key`` found by a lookup that began at tick ``began`` be copied
