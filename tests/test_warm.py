@@ -4,13 +4,16 @@ resumably, and is then served with the store gone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import zarr
@@ -18,7 +21,7 @@ from intern.remote.boss import BossRemote
 
 from relay.demo import demo_sources
 
-from .servers import RelayProcess, wait_for, write_config
+from .servers import RelayProcess, ThreadedServer, write_config
 
 SHAPE_ZYX = (40, 200, 300)
 CUBOID = [64, 64, 16]
@@ -121,16 +124,58 @@ def test_the_bar_advances_and_a_second_run_reads_nothing_upstream(pair: Pair,
     assert "0 of 1 cuboids warm" in cold.stderr and "1 error(s)" in cold.stderr
 
 
+class _HoldingProxy:
+    """Passes requests on to ``upstream``, but holds every cutout after the first ``let``
+    until ``release`` is set: a warm that cannot finish before the test interrupts it, on a
+    machine of any speed."""
+
+    def __init__(self, upstream: str, let: int) -> None:
+        import threading
+
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.cutouts = 0
+        self.held = threading.Event()
+        self.release = threading.Event()
+        client = httpx.AsyncClient(base_url=upstream, timeout=60)
+
+        async def forward(request: Request) -> Response:
+            if "/cutout/" in request.url.path:
+                self.cutouts += 1
+                if self.cutouts > let:
+                    self.held.set()
+                    await asyncio.to_thread(self.release.wait, 120)
+            answer = await client.get(request.url.path, params=request.query_params,
+                                      headers={"Accept": request.headers.get("accept", "*/*")})
+            return Response(answer.content, answer.status_code,
+                            media_type=answer.headers.get("content-type"))
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            await client.aclose()
+
+        self.app = Starlette(routes=[Route("/{path:path}", forward)], lifespan=lifespan)
+
+
 def test_ctrl_c_stops_at_once_and_a_rerun_finishes_the_rest(pair: Pair) -> None:
     cuboids = 19 * 13 * 5  # the whole level, 300 × 200 × 40, on the 16 × 16 × 8 grid
-    with subprocess.Popen([*RELAY, pair.store.url, "w/e/fine", "--concurrency", "1"],
-                          stderr=subprocess.PIPE, text=True) as process:
+    proxy = _HoldingProxy(pair.store.url, let=3)
+    with ThreadedServer(proxy.app) as server, subprocess.Popen(
+            [*RELAY, server.url, "w/e/fine", "--concurrency", "1"],
+            stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None
         assert f"{cuboids} cuboids of 16×16×8" in process.stderr.readline()  # it has begun
-        wait_for(lambda: pair.store.upstream_reads() >= 3, 60, "warm to read a few cuboids")
-        process.send_signal(signal.SIGINT)
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 130
+        try:
+            assert proxy.held.wait(60), "warm to read three cuboids and ask for a fourth"
+            process.send_signal(signal.SIGINT)
+            rest = process.stderr.read()
+            assert process.wait(timeout=30) == 130
+        finally:
+            proxy.release.set()
     assert "interrupted after" in rest and "run it again" in rest
     done = pair.store.upstream_reads()
     assert 3 <= done < cuboids
