@@ -159,6 +159,10 @@ def from_environment() -> Starlette:
     return create_app(settings)
 
 
+async def _root_ping(request: Request) -> JSONResponse:
+    return JSONResponse(await boss.ping(request))
+
+
 def _documentation() -> list[BaseRoute]:
     """``/openapi.json`` and ``/docs``, from a FastAPI app that holds the routers' documented
     twins and never serves a request itself. The document is built on first request, not at
@@ -229,6 +233,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         *served_routes(ops.router),
         *_documentation(),
         *viewer_routes(),
+        # BossDB answers its ping at the root (no token needed), as well as the relay under /v1
+        Route("/ping/", _root_ping), Route("/ping", _root_ping),
     ]
     # Routes match in order: the voxel routes go first, so the requests that come by the
     # thousand (cuboids) are not tried against twenty metadata paths. The precomputed mesh

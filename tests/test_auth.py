@@ -67,8 +67,12 @@ def test_listed_tokens_pass(guarded: TestClient, route: str, scheme: str) -> Non
     assert guarded.get(route, headers={"Authorization": f"{scheme} {OTHER}"}).status_code == 200
 
 
-def test_health_and_preflight_stay_open(guarded: TestClient) -> None:
+def test_health_ping_and_preflight_stay_open(guarded: TestClient) -> None:
     assert guarded.get("/healthz").status_code == 200
+    for ping in ("/ping/", "/ping"):  # BossDB's, at the root: no token, as BossDB
+        answer = guarded.get(ping)
+        assert answer.status_code == 200 and "ip" in answer.json()
+    assert guarded.get("/v1/ping/").status_code == 401
     preflight = guarded.options("/v1/cutout/col1/exp1/ch1/0/0:10/0:10/0:10/", headers={
         "Origin": "https://example.org", "Access-Control-Request-Method": "GET",
         "Access-Control-Request-Headers": "authorization"})

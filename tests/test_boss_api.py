@@ -420,3 +420,23 @@ def test_a_channel_smaller_than_its_experiments_frame_reads_zeros_beyond_itself(
         assert np.array_equal(got, expected)
         outside = client.get("/v1/cutout/f/e/small/0/20:61/10:30/4:10/")
         assert (outside.status_code, outside.json()["code"]) == (400, 1001)
+
+
+def test_iso_true_is_served_on_an_isotropic_channel(tmp_path: Path) -> None:
+    """On a channel whose voxels are isotropic BossDB's two pyramids are one: ``iso=true``
+    answers what the same request without it does (issue 26; the anisotropic case is refused,
+    tests/test_writes.py)."""
+    import zarr
+
+    path = tmp_path / "iso.zarr"
+    zarr.create_array(str(path), shape=(32, 64, 64), chunks=(16, 32, 32),
+                      dtype="uint8")[:] = np.arange(32 * 64 * 64, dtype=np.uint32).reshape(
+                          32, 64, 64) % 251
+    source = {"collection": "c", "experiment": "e", "channel": "iso", "kind": "zarr",
+              "url": path.as_uri(), "voxel_size": [8, 8, 8], "cuboid": [32, 32, 16]}
+    with TestClient(create_app(make_settings([source], None)),
+                    base_url="http://localhost") as client:
+        for url in ("/v1/cutout/c/e/iso/1/0:32/0:32/0:16/", "/v1/downsample/c/e/iso/"):
+            plain = client.get(url)
+            assert plain.status_code == 200
+            assert client.get(url + "?iso=true").content == plain.content

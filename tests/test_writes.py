@@ -539,3 +539,48 @@ def test_with_tokens_and_write_tokens_a_write_token_writes(stores: Stores, tmp_p
         assert (stores.truth("zarr", "uint16", ((160, 164), (100, 103), (12, 14))) == 55).all()
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_to_black_zeros_a_box_at_every_hop(kind: str, chain: Chain, chain_stores: Stores) -> None:
+    """BossDB's ``to_black`` (issue 26): intern's ``create_cutout_to_black`` through a chain of
+    three writes zeros over an unaligned box of the store, and every hop, having cached the
+    old voxels, serves the zeros at once and the rest of the touched cuboids unchanged."""
+    box = ((23, 71), (5, 49), (3, 11))
+    grown = around(box)
+    for relay in chain.relays:
+        read(relay, kind, "uint16", grown)
+    before = chain_stores.truth(kind, "uint16", grown)
+    rmt = remote(chain.laptop)
+    rmt.create_cutout_to_black(rmt.get_channel("u16", kind, "w"), 0, *[list(r) for r in box])
+    expected = before.copy()
+    (x0, x1), (y0, y1), (z0, z1) = box
+    (gx, _), (gy, _), (gz, _) = grown
+    expected[z0 - gz:z1 - gz, y0 - gy:y1 - gy, x0 - gx:x1 - gx] = 0
+    assert np.array_equal(chain_stores.truth(kind, "uint16", grown), expected)
+    assert (chain_stores.truth(kind, "uint16", box) == 0).all()
+    for relay in chain.relays:
+        assert np.array_equal(read(relay, kind, "uint16", grown), expected), relay.url
+
+
+def test_to_black_is_a_write_and_refused_as_one(relay: RelayProcess, stores: Stores) -> None:
+    url = f"{relay.url}/v1/cutout/to_black/ro/w/u8/0/10:50/20:60/2:6/"
+    refused = httpx.put(url, headers={"Content-Type": "application/blosc"})
+    assert (refused.status_code, refused.json()["code"]) == (405, 1006)  # a read-only source
+    outside = httpx.put(f"{relay.url}/v1/cutout/to_black/zarr/w/u8/0/190:210/20:60/2:6/")
+    assert (outside.status_code, outside.json()["code"]) == (400, 1001)
+    derived = httpx.put(f"{relay.url}/v1/cutout/to_black/zarr/w/u8/1/10:50/20:60/2:6/")
+    assert (derived.status_code, derived.json()["code"]) == (400, 1002)
+
+
+def test_iso_is_served_where_it_is_the_same_voxels_and_refused_elsewhere(
+        relay: RelayProcess) -> None:
+    """``iso=true`` (issue 26) asks for BossDB's isotropic pyramid: refused with a 400 that
+    says so on an anisotropic channel (4 × 4 × 40 nm here), never silently ignored."""
+    url = f"{relay.url}/v1/cutout/zarr/w/u8/0/10:50/20:60/2:6/"
+    assert httpx.get(url + "?iso=false").content == httpx.get(url).content
+    for path in (url, f"{relay.url}/v1/downsample/zarr/w/u8/"):
+        refused = httpx.get(path + "?iso=true")
+        assert (refused.status_code, refused.json()["code"]) == (400, 1000), refused.text
+        assert "isotropic" in refused.json()["message"]
+        assert httpx.get(path + "?iso=maybe").status_code == 400

@@ -17,7 +17,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..budget import ByteBudget, Reservation
+from ..budget import ByteBudget
 from ..catalog import Channel
 from ..codecs import (
     MediaType,
@@ -138,6 +138,8 @@ async def get_coord(request: Request, coord: str) -> Response:
 async def get_downsample(request: Request, collection: str, experiment: str,
                          channel: str) -> Response:
     check_names(("Collection", collection), ("Experiment", experiment), ("Channel", channel))
+    if "iso" in request.query_params:
+        _check_iso(request, await channel_for(request, collection, experiment, channel))
     return await _rendered(request, lambda: _metadata(request).downsample(
         collection, experiment, channel, caller_token(request)))
 
@@ -214,6 +216,25 @@ def _filter_ids(request: Request, channel: Channel) -> np.ndarray | None:
     return np.array([int(p) for p in parts], dtype=np.uint64)
 
 
+def _check_iso(request: Request, channel: Channel) -> None:
+    """BossDB's ``iso`` (cutouts, to_black, downsample): ``iso=true`` asks for the isotropic
+    pyramid BossDB keeps above an anisotropic channel's isotropic level. It is served where
+    it is the same voxels as the one asked without it — a channel whose voxels are isotropic
+    (z less than twice x and y), where BossDB's two pyramids coincide — and refused with a 400
+    that says so otherwise, never ignored (the answer would be other voxels)."""
+    iso = request.query_params.get("iso")
+    if iso is None or iso.lower() == "false":
+        return
+    if iso.lower() != "true":
+        raise InvalidUrl(f"iso must be true or false, not {show(iso)}")
+    x, y, z = channel.info.levels[0].voxel_size
+    if z >= 2 * max(x, y):
+        raise InvalidUrl(
+            "iso=true asks for BossDB's isotropic pyramid of an anisotropic channel "
+            f"({x:g} × {y:g} × {z:g} {channel.info.voxel_unit} voxels), which this relay does "
+            "not serve; ask without iso for its levels (listed by /v1/downsample)")
+
+
 def _within(box: Box, frame: Box, level: Box) -> bool:
     lowest = Vec3(*(min(a, b) for a, b in zip(frame.start, level.start, strict=True)))
     return Box(lowest, frame.stop).contains(box)
@@ -227,6 +248,7 @@ async def _target(request: Request, collection: str, experiment: str, channel: s
     if not _RESOLUTION.fullmatch(resolution):
         raise NotFound(f"Invalid resolution {show(resolution)}: one digit expected")
     chan = await channel_for(request, collection, experiment, channel)
+    _check_iso(request, chan)
     info = chan.info
     res = int(resolution)
     if res >= len(info.levels):
@@ -321,13 +343,80 @@ async def post_cutout(
 ) -> Response:
     """A cutout written to the store of a ``writable`` source (``relay.writes``): BossDB's
     checks and codes, 201 with an empty body once the store holds it."""
+    _check_write_token(request)
+    media = upload_media(request.headers.get("content-type"))
+    chan, res, box, times = await _write_target(request, collection, experiment, channel,
+                                                resolution, x_range, y_range, z_range, t_range)
+    info = chan.info
+    ntimes = len(times) if times is not None else 1
+    nbytes = cutout_nbytes(box, ntimes, info.dtype)
+    # A Blosc frame is its voxels and a little framing at most (a pickle a little more).
+    # Voxels of the widest dtype are let in, so a body of the wrong dtype is told as such
+    # (2001), not as too large; never more than the largest cutout.
+    widest = min(box.voxels * ntimes * 8, int(request.app.state.settings.server.max_cutout_bytes))
+    limit = max(nbytes, widest) + max(nbytes, widest) // 16 + 64 * 1024
+    # one reservation for the peak (a second one asked beside a first could wait for the
+    # first for ever): the body, the voxels, and for a pickle what it inflates to (at most the
+    # body's limit: ``decode_upload`` checks the frame's header first), which its voxels are a
+    # copy of part of
+    peak = limit + nbytes + (limit if media is MediaType.BLOSC_PYTHON else 0)
+    budget: ByteBudget = request.app.state.budget
+    reservation = budget.try_reserve(peak) or await budget.reserve(peak)
+    try:
+        body = await _body(request, limit)
+        inflated = (blosc_sizes(body) or (0, 0))[0]
+        shape = ((ntimes,) if times is not None else ()) + box.shape_zyx
+        data = await offload(decode_upload, body, media, info.dtype, shape,
+                             nbytes=max(nbytes, inflated))
+        del body
+        await _write(request, chan, res, box, times, data.reshape((ntimes, *box.shape_zyx)))
+    finally:
+        reservation.release()
+    return Response(status_code=201)
+
+
+async def put_to_black(
+    request: Request,
+    collection: str,
+    experiment: str,
+    channel: str,
+    resolution: str,
+    x_range: str,
+    y_range: str,
+    z_range: str,
+    t_range: str | None = None,
+) -> Response:
+    """BossDB's ``to_black``: zeros written over the box, as a POST of zeros would (the same
+    checks, tokens, invalidation across a chain and a fleet); 200 with an empty body."""
+    _check_write_token(request)
+    chan, res, box, times = await _write_target(request, collection, experiment, channel,
+                                                resolution, x_range, y_range, z_range, t_range)
+    ntimes = len(times) if times is not None else 1
+    nbytes = cutout_nbytes(box, ntimes, chan.info.dtype)
+    budget: ByteBudget = request.app.state.budget
+    reservation = budget.try_reserve(nbytes) or await budget.reserve(nbytes)
+    try:
+        zeros = np.zeros((ntimes, *box.shape_zyx), chan.info.dtype)
+        await _write(request, chan, res, box, times, zeros)
+    finally:
+        reservation.release()
+    return Response(status_code=200)
+
+
+def _check_write_token(request: Request) -> None:
     write_tokens = request.app.state.settings.server.write_tokens
     if write_tokens:
         presented = presented_token(request.headers.get("authorization"))
         if presented is None or not listed(presented, [t.encode() for t in write_tokens]):
             raise Unauthorized("Writes to this relay need 'Authorization: Token <token>' with "
                                "one of its server.write_tokens")
-    media = upload_media(request.headers.get("content-type"))
+
+
+async def _write_target(request: Request, collection: str, experiment: str, channel: str,
+                        resolution: str, x_range: str, y_range: str, z_range: str,
+                        t_range: str | None) -> tuple[Channel, int, Box, range | None]:
+    """What a write addresses, checked as a read's is, and then as a write: a source that
+    takes writes at that level, a box inside the stored extent, within the size limit."""
     chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
                                           x_range, y_range, z_range, t_range)
     WriteService.check(chan, res)
@@ -336,41 +425,21 @@ async def post_cutout(
         raise InvalidCutoutArgs(
             f"Incorrect cutout arguments {res}/{x_range}/{y_range}/{z_range}: the channel "
             f"holds {info.levels[res].bounds} at resolution {res}")
-    ntimes = len(times) if times is not None else 1
-    nbytes = cutout_nbytes(box, ntimes, info.dtype)
-    check_size(request, nbytes)
-    # A Blosc frame is its voxels and a little framing at most (a pickle a little more).
-    # Voxels of the widest dtype are let in, so a body of the wrong dtype is told as such
-    # (2001), not as too large; never more than the largest cutout.
-    widest = min(box.voxels * ntimes * 8, int(request.app.state.settings.server.max_cutout_bytes))
-    limit = max(nbytes, widest) + max(nbytes, widest) // 16 + 64 * 1024
-    # the body, then what decoding it holds at its peak beside the body: the inflated bytes
-    # (a pickle's voxels are a copy of part of them), as the frame's header says
-    budget: ByteBudget = request.app.state.budget
-    reservation = budget.try_reserve(limit + nbytes) or await budget.reserve(limit + nbytes)
-    decoding: Reservation | None = None
+    check_size(request, cutout_nbytes(box, len(times) if times is not None else 1, info.dtype))
+    return chan, res, box, times
+
+
+async def _write(request: Request, chan: Channel, res: int, box: Box, times: range | None,
+                 data: np.ndarray) -> None:
+    service: WriteService = request.app.state.writes
     try:
-        body = await _body(request, limit)
-        inflated = (blosc_sizes(body) or (0, 0))[0]
-        if media is MediaType.BLOSC_PYTHON and inflated > nbytes:
-            extra = min(inflated, limit)
-            decoding = budget.try_reserve(extra) or await budget.reserve(extra)
-        shape = ((ntimes,) if times is not None else ()) + box.shape_zyx
-        data = await offload(decode_upload, body, media, info.dtype, shape,
-                             nbytes=max(nbytes, inflated))
-        del body
-        service: WriteService = request.app.state.writes
-        await service.write(WriteRequest(
-            chan, res, box, data.reshape((ntimes, *box.shape_zyx)),
-            times if times is not None else range(1), caller_token(request)))
+        await service.write(WriteRequest(chan, res, box, data,
+                                          times if times is not None else range(1),
+                                          caller_token(request)))
     finally:
-        reservation.release()
-        if decoding is not None:
-            decoding.release()
         # what the store says of itself may change with a write (DVID's extents grow)
         rendered: Rendered = request.app.state.rendered
         rendered.clear()
-    return Response(status_code=201)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -442,4 +511,6 @@ _route(_CUTOUT, cutout)
 _route(_CUTOUT + "{t_range}/", cutout)
 for _path in (_CUTOUT, _CUTOUT + "{t_range}/"):
     add_route(router, _path, post_cutout, methods=("POST",), slash_optional=True)
+    add_route(router, _path.replace("/cutout/", "/cutout/to_black/"), put_to_black,
+              methods=("PUT",), slash_optional=True)
 

@@ -235,8 +235,9 @@ def listed(given: str, tokens: Sequence[bytes]) -> bool:
 
 
 class AuthMiddleware:
-    """With ``server.tokens`` set, every route but ``/healthz`` needs ``Authorization: Token
-    <t>`` or ``Bearer <t>`` with a listed ``t``; otherwise 401 BossDB JSON. Preflights never
+    """With ``server.tokens`` set, every route but ``/healthz`` and the root ``/ping/`` needs
+    ``Authorization: Token <t>`` or ``Bearer <t>`` with a listed ``t`` (one of ``tokens`` or of
+    ``write_tokens``); otherwise 401 BossDB JSON. Preflights never
     carry credentials, so ``OPTIONS`` is answered by ``EdgeMiddleware`` before this runs.
 
     A browser cannot add that header to what it fetches: it opens the index page as
@@ -244,7 +245,7 @@ class AuthMiddleware:
     HEAD that carries the cookie is let through too (the relay has no route a cross-site page
     could abuse with a GET; the cookie is same-site only)."""
 
-    OPEN_PATHS = frozenset({"/healthz"})
+    OPEN_PATHS = frozenset({"/healthz", "/ping/", "/ping"})  # BossDB's ping needs no token
 
     def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
         self.app = app
