@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__
-from .api import boss, ops, precomputed
+from .api import boss, objects, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.rendered import Rendered
 from .api.routing import served_routes
@@ -44,6 +44,7 @@ from .logs import configure as configure_logs
 from .meshes import MeshService
 from .metadata import BossMetadata
 from .metrics import Metrics
+from .objects import ObjectService
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
 from .upstreams.base import UpstreamContext
 from .upstreams.http import HttpPool
@@ -173,6 +174,7 @@ def _documentation() -> list[BaseRoute]:
         documented = FastAPI(title="relay", version=__version__,
                              description="A caching relay speaking the BossDB REST dialect.")
         documented.include_router(boss.router, prefix="/v1", tags=["boss"])
+        documented.include_router(objects.router, prefix="/v1", tags=["boss"])
         documented.include_router(precomputed.router, tags=["precomputed"])
         documented.include_router(ops.router, tags=["ops"])
         return documented.openapi()
@@ -211,6 +213,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.meshes = MeshService(app.state.cutouts, cache, metrics, app.state.labels,
                                        budget, int(settings.server.max_mesh_bytes))
         app.state.writes = WriteService(app.state.cutouts, metrics, app.state.labels)
+        app.state.objects = ObjectService(app.state.cutouts)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,
             send_timeout=settings.server.send_timeout,
@@ -229,6 +232,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
 
     routes = [
         *served_routes(boss.router, ("/v1", "/latest")),
+        *served_routes(objects.router, ("/v1", "/latest")),
         *served_routes(precomputed.router),
         *served_routes(ops.router),
         *_documentation(),

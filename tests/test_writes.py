@@ -584,3 +584,46 @@ def test_iso_is_served_where_it_is_the_same_voxels_and_refused_elsewhere(
         assert (refused.status_code, refused.json()["code"]) == (400, 1000), refused.text
         assert "isotropic" in refused.json()["message"]
         assert httpx.get(path + "?iso=maybe").status_code == 400
+
+
+@pytest.mark.parametrize("via", ["one relay", "three relays"])
+def test_ids_in_a_region_are_exact_and_follow_writes(via: str,
+                                                     request: pytest.FixtureRequest) -> None:
+    """``get_ids_in_region`` (issue 26): intern's call answers the exact nonzero labels of a
+    half-open region that crosses cuboid lines (what BossDB's own test of it checks, and
+    skips: its index is off), through one relay and a chain, and after a write that adds a
+    label and removes another the answer follows at once on every relay."""
+    one = via == "one relay"
+    relays = ([request.getfixturevalue("relay")] if one
+              else request.getfixturevalue("chain").relays)
+    stores: Stores = request.getfixturevalue("stores" if one else "chain_stores")
+    region = ((50, 130), (40, 100), (4, 14))  # crosses 64 × 64 × 8 cuboid lines
+    rmt = remote(relays[0])
+    channel = rmt.get_channel("u64", "zarr", "w")
+    base = np.zeros((10, 60, 80), np.uint64)
+    base[2:5, 10:20, 5:70] = 2**40 + 3
+    base[6:9, 30:59, 70:80] = 17
+    base[9, 59, 79] = 2**64 - 1  # the region's last voxel
+    rmt.create_cutout(channel, 0, *[list(r) for r in region], base)
+    for relay in relays:
+        got = remote(relay).get_ids_in_region(channel, 0, *[list(r) for r in region])
+        assert got == [17, 2**40 + 3, 2**64 - 1], relay.url
+    # one voxel past the region on each axis is left out (half-open)
+    assert remote(relays[-1]).get_ids_in_region(
+        channel, 0, [50, 129], [40, 99], [4, 13]) == [17, 2**40 + 3]
+    moved = base.copy()
+    moved[moved == 17] = 5
+    rmt.create_cutout(channel, 0, *[list(r) for r in region], moved)
+    assert (stores.truth("zarr", "uint64", region) == moved).all()
+    for relay in relays:
+        got = remote(relay).get_ids_in_region(channel, 0, *[list(r) for r in region])
+        assert got == [5, 2**40 + 3, 2**64 - 1], relay.url
+
+
+def test_ids_refuse_images_and_regions_outside(relay: RelayProcess) -> None:
+    image = httpx.get(f"{relay.url}/v1/ids/zarr/w/u8/0/0:10/0:10/0:4/0:1/")
+    assert (image.status_code, image.json()["code"]) == (400, 2003)
+    empty = httpx.get(f"{relay.url}/v1/ids/zarr/w/u64/0/0:1/0:1/0:1/")
+    assert empty.status_code == 200 and set(empty.json()) == {"ids"}
+    outside = httpx.get(f"{relay.url}/v1/ids/zarr/w/u64/0/0:1000/0:10/0:4/")
+    assert (outside.status_code, outside.json()["code"]) == (400, 1001)

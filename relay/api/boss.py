@@ -61,7 +61,7 @@ from .responses import BodyResponse, ForwardedResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
 
-__all__ = ["check_size", "cutout_nbytes", "router"]
+__all__ = ["check_size", "cutout_nbytes", "cutout_target", "router"]
 
 # ASCII digits only: \d also matches other scripts' digits, which int() then accepts
 _RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
@@ -240,7 +240,7 @@ def _within(box: Box, frame: Box, level: Box) -> bool:
     return Box(lowest, frame.stop).contains(box)
 
 
-async def _target(request: Request, collection: str, experiment: str, channel: str,
+async def cutout_target(request: Request, collection: str, experiment: str, channel: str,
                   resolution: str, x_range: str, y_range: str, z_range: str,
                   t_range: str | None) -> tuple[Channel, int, Box, range | None]:
     """A cutout URL checked in BossDB's order: the channel, the resolution, the ranges (against
@@ -300,8 +300,8 @@ async def cutout(
     t_range: str | None = None,
 ) -> Response:
     media = negotiate(request.headers.get("accept"))
-    chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
-                                          x_range, y_range, z_range, t_range)
+    chan, res, box, times = await cutout_target(request, collection, experiment, channel,
+                                                resolution, x_range, y_range, z_range, t_range)
     info = chan.info
     ids = _filter_ids(request, chan)
     ntimes = len(times) if times is not None else 1
@@ -417,8 +417,8 @@ async def _write_target(request: Request, collection: str, experiment: str, chan
                         t_range: str | None) -> tuple[Channel, int, Box, range | None]:
     """What a write addresses, checked as a read's is, and then as a write: a source that
     takes writes at that level, a box inside the stored extent, within the size limit."""
-    chan, res, box, times = await _target(request, collection, experiment, channel, resolution,
-                                          x_range, y_range, z_range, t_range)
+    chan, res, box, times = await cutout_target(request, collection, experiment, channel,
+                                                resolution, x_range, y_range, z_range, t_range)
     WriteService.check(chan, res)
     info = chan.info
     if not info.levels[res].bounds.contains(box):  # a store holds its own extent, no more
