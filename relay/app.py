@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__
-from .api import boss, objects, ops, precomputed
+from .api import boss, keyvalues, objects, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.rendered import Rendered
 from .api.routing import served_routes
@@ -39,6 +39,7 @@ from .config import Settings
 from .cutout import CutoutService
 from .errors import MethodNotAllowed, NotFound, RelayError, UnsupportedVersion
 from .hops import Hops, new_relay_id
+from .keyvalues import KeyValues
 from .labels import LabelIndex
 from .logs import configure as configure_logs
 from .meshes import MeshService
@@ -46,6 +47,7 @@ from .metadata import BossMetadata
 from .metrics import Metrics
 from .objects import ObjectService
 from .protocol import POLICY_KEY, ConnectionPolicy, default_max_connections
+from .state import DurableState
 from .upstreams.base import UpstreamContext
 from .upstreams.http import HttpPool
 from .upstreams.kinds import Registry, registry
@@ -175,6 +177,7 @@ def _documentation() -> list[BaseRoute]:
                              description="A caching relay speaking the BossDB REST dialect.")
         documented.include_router(boss.router, prefix="/v1", tags=["boss"])
         documented.include_router(objects.router, prefix="/v1", tags=["boss"])
+        documented.include_router(keyvalues.router, prefix="/v1", tags=["boss"])
         documented.include_router(precomputed.router, tags=["precomputed"])
         documented.include_router(ops.router, tags=["ops"])
         return documented.openapi()
@@ -213,7 +216,9 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.meshes = MeshService(app.state.cutouts, cache, metrics, app.state.labels,
                                        budget, int(settings.server.max_mesh_bytes))
         app.state.writes = WriteService(app.state.cutouts, metrics, app.state.labels)
-        app.state.objects = ObjectService(app.state.cutouts)
+        state = DurableState(settings.server.state_dir)
+        app.state.objects = ObjectService(app.state.cutouts, catalog, state)
+        app.state.keyvalues = KeyValues(catalog, app.state.metadata, state)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,
             send_timeout=settings.server.send_timeout,
@@ -233,6 +238,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
     routes = [
         *served_routes(boss.router, ("/v1", "/latest")),
         *served_routes(objects.router, ("/v1", "/latest")),
+        *served_routes(keyvalues.router, ("/v1", "/latest")),
         *served_routes(precomputed.router),
         *served_routes(ops.router),
         *_documentation(),

@@ -81,6 +81,11 @@ class ServerSettings(_Model):
     #: segment's voxel surface; a merged mesh, by its fragments): past it 413, code 2000
     #: (docs/services.md)
     max_mesh_bytes: ByteSize = ByteSize(256 * 2**20)
+    #: where the relay keeps what is not a cache (state.sqlite): the metadata key/values of its
+    #: own collections, experiments and channels and each annotation channel's next
+    #: unreserved id. Relays of a fleet share it (one host or one shared volume); it must
+    #: survive restarts (docs/objects.md)
+    state_dir: Path = Path("~/.local/share/relay")
     #: seconds a connection may take to send a complete request head (slow-loris): then 408
     header_timeout: float = Field(10.0, gt=0)
     #: seconds a response may wait for the client to read any of it: then the connection is
@@ -114,6 +119,11 @@ class ServerSettings(_Model):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand_state(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

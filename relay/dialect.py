@@ -4,8 +4,8 @@ description from them. Names are checked before they get here (``[A-Za-z0-9_-]``
 
 from __future__ import annotations
 
-__all__ = ["channel", "channels", "collection", "collections", "coord", "coords", "downsample",
-           "experiment", "experiments"]
+__all__ = ["boundingbox", "channel", "channels", "collection", "collections", "coord", "coords",
+           "downsample", "experiment", "experiments", "meta", "reserve"]
 
 
 def collections() -> str:
@@ -42,3 +42,16 @@ def coord(name: str) -> str:
 
 def downsample(c: str, e: str, ch: str) -> str:
     return f"downsample/{c}/{e}/{ch}/"
+
+
+def meta(names: tuple[str, ...], query: str = "") -> str:
+    """A collection's, experiment's or channel's metadata key/values; ``query`` encoded."""
+    return "meta/" + "".join(f"{name}/" for name in names) + (f"?{query}" if query else "")
+
+
+def reserve(c: str, e: str, ch: str, count: int) -> str:
+    return f"reserve/{c}/{e}/{ch}/{count}/"
+
+
+def boundingbox(c: str, e: str, ch: str, resolution: int, label: int, kind: str) -> str:
+    return f"boundingbox/{c}/{e}/{ch}/{resolution}/{label}/?type={kind}"

@@ -14,6 +14,7 @@ BossDB itself reports as TYPE_ERROR (1002). tests/test_errors.py holds the tree 
     │   ├── InvalidCutoutArgs (400, 1001)        out of frame, start >= stop, bad access-mode
     │   ├── InvalidResolution (400, 1002)        resolution outside the channel's levels
     │   ├── CutoutTypeError (400, 1002)          a range that is not two integers
+    │   ├── InvalidPostArgument (400, 1003)      a metadata key missing (or, to create, there)
     │   ├── DatatypeMismatch (400, 2001)         JPEG on a non-uint8 channel; a POSTed
     │   │                                        body of another dtype
     │   ├── DataDimensionMismatch (400, 2002)    a POSTed body that does not fit the box
@@ -21,7 +22,8 @@ BossDB itself reports as TYPE_ERROR (1002). tests/test_errors.py holds the tree 
     │   ├── Unsupported4D (400, 2005)            JPEG with a time range
     │   └── UnsupportedVersion (400, 9003)       /v0.x/
     ├── NotFound (404, 2004)                     no such route
-    │   └── ResourceNotFound (404, 4000)         no such collection / experiment / channel / frame
+    │   ├── ResourceNotFound (404, 4000)         no such collection / experiment / channel / frame
+    │   └── ObjectNotFound (404, 4004)           no such id in the channel (bounding box)
     ├── Unauthorized (401, 3004)                 server.tokens is set and the caller has none
     ├── MethodNotAllowed (405, 1006)             TRACE; a write to a source that takes none
     ├── NotAcceptable (406, 1006)                no encoding we can produce matches Accept
@@ -30,6 +32,7 @@ BossDB itself reports as TYPE_ERROR (1002). tests/test_errors.py holds the tree 
     │                                            encoding can carry
     ├── Overloaded (503, 9001)                   at a limit: requests, connections, bytes in
     │                                            flight (with Retry-After)
+    ├── StateUnavailable (503, 5004)             server.state_dir cannot be read or written
     ├── LoopDetected (508, 5008)                 the request came round a chain of relays
     ├── PassThroughError (any, any)              an upstream relay's own BossDB error, its
     │                                            status and code kept across a chain
@@ -53,12 +56,14 @@ __all__ = [
     "DatatypeMismatch",
     "DatatypeNotSupported",
     "InvalidCutoutArgs",
+    "InvalidPostArgument",
     "InvalidResolution",
     "InvalidUrl",
     "LoopDetected",
     "MethodNotAllowed",
     "NotAcceptable",
     "NotFound",
+    "ObjectNotFound",
     "Overloaded",
     "PassThroughError",
     "RelayError",
@@ -66,6 +71,7 @@ __all__ = [
     "RequestTimeout",
     "RequestTooLarge",
     "ResourceNotFound",
+    "StateUnavailable",
     "Unauthorized",
     "Unsupported4D",
     "UnsupportedMediaType",
@@ -129,6 +135,10 @@ class CutoutTypeError(BadRequest):
     code = 1002
 
 
+class InvalidPostArgument(BadRequest):
+    code = 1003
+
+
 class DatatypeMismatch(BadRequest):
     code = 2001
 
@@ -160,6 +170,10 @@ class NotFound(RelayError):
 
 class ResourceNotFound(NotFound):
     code = 4000
+
+
+class ObjectNotFound(NotFound):
+    code = 4004
 
 
 class Unauthorized(RelayError):
@@ -207,6 +221,12 @@ class Overloaded(RelayError):
     code = 9001
     default_message = "The relay is at its concurrency limit; retry shortly"
     retry_after = 1
+
+
+class StateUnavailable(RelayError):
+    """The relay's own durable state (``relay.state``) cannot be read or written."""
+    status = 503
+    code = 5004
 
 
 class LoopDetected(RelayError):

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .catalog import Channel
+from . import dialect
+from .catalog import Catalog, Channel
 from .cutout import CutoutRequest, CutoutService
-from .errors import DatatypeNotSupported
+from .errors import BadRequest, DatatypeNotSupported, UpstreamError
 from .geometry import Box
 from .offload import offload
+from .state import DurableState
 
-__all__ = ["ObjectService", "require_annotation"]
+__all__ = ["ObjectService", "channel_key", "require_annotation"]
 
 
 def require_annotation(channel: Channel, what: str) -> None:
@@ -36,9 +38,38 @@ def _labels(voxels: np.ndarray) -> np.ndarray:
     return np.asarray(labels[labels != 0])
 
 
+def channel_key(channel: Channel) -> str:
+    ref = channel.ref
+    return f"{ref.collection}/{ref.experiment}/{ref.channel}"
+
+
 class ObjectService:
-    def __init__(self, cutouts: CutoutService) -> None:
+    def __init__(self, cutouts: CutoutService, catalog: Catalog, state: DurableState) -> None:
         self.cutouts = cutouts
+        self.catalog = catalog
+        self.state = state
+
+    async def reserve(self, channel: Channel, count: int, token: str | None) -> int:
+        """The first of ``count`` ids of ``channel`` never handed out before (BossDB's
+        ``reserve``): by the BossDB-speaking upstream where one serves the channel (never
+        cached: every call is a new block), else from the relay's durable counter."""
+        require_annotation(channel, "Reserve ids")
+        speaker = self.catalog.speaks_boss(channel.upstream)
+        if speaker is not None:
+            ref = channel.ref
+            body = await speaker.boss_call(
+                "GET", dialect.reserve(ref.collection, ref.experiment, ref.channel, count),
+                token)
+            try:
+                return int(body["start_id"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UpstreamError(f"the upstream's reserve answer has no start_id: "
+                                    f"{str(body)[:80]}") from exc
+        start = await self.state.reserve(channel_key(channel), count)
+        if start is None:
+            raise BadRequest(f"Cannot reserve {count} more ids: the channel's ids would pass "
+                             "2^64 - 1")
+        return start
 
     async def ids(self, channel: Channel, resolution: int, box: Box, times: range | None,
                   token: str | None) -> np.ndarray:

@@ -40,7 +40,9 @@ def free_port() -> int:
 def write_config(path: Path, sources: list[dict[str, Any]], cache_dir: Path | None,
                  server: dict[str, Any] | None = None, **cache: Any) -> Path:
     config = {
-        "server": {"host": "127.0.0.1", **(server or {})},
+        # the durable state (metadata, reserved ids) beside the config unless a test shares one
+        "server": {"host": "127.0.0.1", "state_dir": str(path.parent / f"{path.stem}-state"),
+                   **(server or {})},
         "cache": {"disk_dir": str(cache_dir) if cache_dir else None, **cache},
         "sources": sources,
     }

@@ -38,7 +38,6 @@ from ..errors import (
     InvalidUrl,
     NotFound,
     RequestTooLarge,
-    Unauthorized,
 )
 from ..forwarding import Forwarded
 from ..geometry import Box, Vec3
@@ -51,11 +50,11 @@ from .common import (
     catalog_of,
     channel_for,
     check_names,
+    check_write_token,
     cutout_headers,
     segmentation_for,
     show,
 )
-from .middleware import listed, presented_token
 from .rendered import Rendered
 from .responses import BodyResponse, ForwardedResponse
 from .routing import Router, add_route
@@ -343,7 +342,7 @@ async def post_cutout(
 ) -> Response:
     """A cutout written to the store of a ``writable`` source (``relay.writes``): BossDB's
     checks and codes, 201 with an empty body once the store holds it."""
-    _check_write_token(request)
+    check_write_token(request)
     media = upload_media(request.headers.get("content-type"))
     chan, res, box, times = await _write_target(request, collection, experiment, channel,
                                                 resolution, x_range, y_range, z_range, t_range)
@@ -388,7 +387,7 @@ async def put_to_black(
 ) -> Response:
     """BossDB's ``to_black``: zeros written over the box, as a POST of zeros would (the same
     checks, tokens, invalidation across a chain and a fleet); 200 with an empty body."""
-    _check_write_token(request)
+    check_write_token(request)
     chan, res, box, times = await _write_target(request, collection, experiment, channel,
                                                 resolution, x_range, y_range, z_range, t_range)
     ntimes = len(times) if times is not None else 1
@@ -401,15 +400,6 @@ async def put_to_black(
     finally:
         reservation.release()
     return Response(status_code=200)
-
-
-def _check_write_token(request: Request) -> None:
-    write_tokens = request.app.state.settings.server.write_tokens
-    if write_tokens:
-        presented = presented_token(request.headers.get("authorization"))
-        if presented is None or not listed(presented, [t.encode() for t in write_tokens]):
-            raise Unauthorized("Writes to this relay need 'Authorization: Token <token>' with "
-                               "one of its server.write_tokens")
 
 
 async def _write_target(request: Request, collection: str, experiment: str, channel: str,

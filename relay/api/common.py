@@ -8,14 +8,16 @@ from starlette.requests import Request
 
 from ..catalog import Catalog, Channel
 from ..cutout import Cutout
-from ..errors import NotFound, ResourceNotFound
+from ..errors import NotFound, ResourceNotFound, Unauthorized
 from ..model import NAME_PATTERN, ChannelRef, show
+from .middleware import listed, presented_token
 
 __all__ = [
     "caller_token",
     "catalog_of",
     "channel_for",
     "check_names",
+    "check_write_token",
     "cutout_headers",
     "segmentation_for",
     "show",
@@ -66,3 +68,13 @@ async def segmentation_for(request: Request, collection: str, experiment: str,
         raise NotFound(f"Channel {show(channel)} is an image: only annotation channels have "
                        "meshes")
     return chan
+
+
+def check_write_token(request: Request) -> None:
+    """401 unless the caller presents one of ``server.write_tokens`` (when there are any)."""
+    write_tokens = request.app.state.settings.server.write_tokens
+    if write_tokens:
+        presented = presented_token(request.headers.get("authorization"))
+        if presented is None or not listed(presented, [t.encode() for t in write_tokens]):
+            raise Unauthorized("Writes to this relay need 'Authorization: Token <token>' with "
+                               "one of its server.write_tokens")

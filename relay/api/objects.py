@@ -1,4 +1,4 @@
-"""Routes of BossDB's object services (``relay.objects``): ``/v1/ids/…``."""
+"""Routes of BossDB's object services (``relay.objects``): ``/v1/ids/…``, ``/v1/reserve/…``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from starlette.responses import JSONResponse
 
 from ..budget import ByteBudget
 from ..cutout import CutoutService
+from ..errors import CutoutTypeError
 from ..objects import ObjectService, require_annotation
+from ..state import MAX_ID
+from ..writes import WriteService
 from .boss import check_size, cutout_nbytes, cutout_target
-from .common import caller_token
+from .common import caller_token, channel_for, check_write_token
 from .routing import Router, add_route
 
 __all__ = ["router"]
@@ -44,3 +47,25 @@ async def get_ids(request: Request, collection: str, experiment: str, channel: s
 for _path in ("/ids/{collection}/{experiment}/{channel}" + _REGION,
               "/ids/{collection}/{experiment}/{channel}" + _REGION + "{t_range}/"):
     add_route(router, _path, get_ids, slash_optional=True)
+
+
+async def reserve_ids(request: Request, collection: str, experiment: str, channel: str,
+                      num_ids: str) -> JSONResponse:
+    """``{"start_id": 1021, "count": "20"}``: ids ``[start_id, start_id + count)`` are the
+    caller's, never handed out again by this relay, its fleet or its chain (BossDB's answer:
+    ``count`` is the URL's string). A write: it needs a write token and a writable source."""
+    check_write_token(request)
+    if not num_ids.isdigit() or int(num_ids) > MAX_ID:
+        raise CutoutTypeError(f"The number of ids to reserve must be a whole number, not "
+                              f"{num_ids[:40]!r}")
+    chan = await channel_for(request, collection, experiment, channel)
+    require_annotation(chan, "Reserve ids")
+    if not chan.source.writable:
+        WriteService.check(chan, 0)  # the read-only source's 405, as a cutout POST gets
+    service: ObjectService = request.app.state.objects
+    start = await service.reserve(chan, int(num_ids), caller_token(request))
+    return JSONResponse({"start_id": start, "count": num_ids})
+
+
+add_route(router, "/reserve/{collection}/{experiment}/{channel}/{num_ids}/", reserve_ids,
+          slash_optional=True)

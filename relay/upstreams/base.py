@@ -61,6 +61,9 @@ class SpeaksBoss(Protocol):
     async def boss_json(self, path: str, token: str | None = None) -> Any:
         """BossDB metadata at ``/v1/{path}`` (a path from ``relay.dialect``)."""
 
+    async def boss_call(self, method: str, path: str, token: str | None = None) -> Any:
+        """``method`` on ``/v1/{path}``, uncached: its JSON answer, or None for no body."""
+
 
 class NoOptions(BaseModel):
     """A kind's own options: a pydantic model, every field with a default (or required), no

@@ -140,6 +140,19 @@ class BossUpstream(Upstream):
             self._metadata.popitem(last=False)
         return body
 
+    async def boss_call(self, method: str, path: str, token: str | None = None) -> Any:
+        """``method`` on ``/v1/{path}`` one hop on, never cached: a metadata write or an id
+        reservation. Its JSON answer (None for an empty body); a BossDB error comes back as
+        it is. A metadata write forgets what is held of that resource's metadata."""
+        if path.startswith("meta/"):
+            resource = path.split("?", 1)[0]
+            for key in [k for k in self._metadata if k[0].split("?", 1)[0] == resource]:
+                del self._metadata[key]
+        response = await self.context.http.get(
+            f"{self._base}/v1/{path}", self.http_settings, where=self._where,
+            headers=self._headers(token, "application/json"), method=method)
+        return json_body(response, self._where) if response.content else None
+
     async def channel_info(self, ref: ChannelRef, token: str | None = None) -> ChannelInfo:
         c, e, ch = ref.collection, ref.experiment, ref.channel
         channel = await self.boss_json(dialect.channel(c, e, ch), token)
