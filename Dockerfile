@@ -23,15 +23,15 @@ ARG PIP_CERT
 RUN python3 -m venv /opt/relay/venv \
     && pip install . \
     && useradd --system --create-home --home-dir /home/relay relay \
-    && mkdir -p /cache /config \
-    && chown relay /cache
+    && mkdir -p /cache /config /state \
+    && chown relay /cache /state
 
 # Bake the embedded demo into the image: the container serves it offline, with no first-run wait.
 RUN relay demo --dir /opt/relay/demo > /dev/null
 COPY docker/relay.yaml /config/relay.yaml
 
 USER relay
-VOLUME ["/cache"]
+VOLUME ["/cache", "/state"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
 CMD ["relay", "serve", "--config", "/config/relay.yaml"]

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import __version__
-from .api import boss, keyvalues, objects, ops, precomputed
+from .api import boss, images, keyvalues, objects, ops, precomputed
 from .api.middleware import AuthMiddleware, CountingMiddleware, EdgeMiddleware, HostFilter
 from .api.rendered import Rendered
 from .api.routing import served_routes
@@ -178,6 +178,7 @@ def _documentation() -> list[BaseRoute]:
         documented.include_router(boss.router, prefix="/v1", tags=["boss"])
         documented.include_router(objects.router, prefix="/v1", tags=["boss"])
         documented.include_router(keyvalues.router, prefix="/v1", tags=["boss"])
+        documented.include_router(images.router, prefix="/v1", tags=["boss"])
         documented.include_router(precomputed.router, tags=["precomputed"])
         documented.include_router(ops.router, tags=["ops"])
         return documented.openapi()
@@ -217,7 +218,8 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
                                        budget, int(settings.server.max_mesh_bytes))
         app.state.writes = WriteService(app.state.cutouts, metrics, app.state.labels)
         state = DurableState(settings.server.state_dir)
-        app.state.objects = ObjectService(app.state.cutouts, catalog, state)
+        app.state.objects = ObjectService(app.state.cutouts, catalog, app.state.labels, state,
+                                          int(settings.server.max_index_bytes))
         app.state.keyvalues = KeyValues(catalog, app.state.metadata, state)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,
@@ -239,6 +241,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         *served_routes(boss.router, ("/v1", "/latest")),
         *served_routes(objects.router, ("/v1", "/latest")),
         *served_routes(keyvalues.router, ("/v1", "/latest")),
+        *served_routes(images.router, ("/v1", "/latest")),
         *served_routes(precomputed.router),
         *served_routes(ops.router),
         *_documentation(),

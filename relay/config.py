@@ -81,6 +81,11 @@ class ServerSettings(_Model):
     #: segment's voxel surface; a merged mesh, by its fragments): past it 413, code 2000
     #: (docs/services.md)
     max_mesh_bytes: ByteSize = ByteSize(256 * 2**20)
+    #: the most voxel bytes (one level of one channel, the dtype's size in full) the label
+    #: index may cover to answer a bounding box or a channel's first id reservation: each
+    #: cell is read once, then cached and kept true by writes; past it 413, code 2000
+    #: (docs/objects.md)
+    max_index_bytes: ByteSize = ByteSize(64 * 2**30)
     #: where the relay keeps what is not a cache (state.sqlite): the metadata key/values of its
     #: own collections, experiments and channels and each annotation channel's next
     #: unreserved id. Relays of a fleet share it (one host or one shared volume); it must

@@ -1,11 +1,14 @@
 """The label index: which labels each cell of a level's grid holds, made from the cell's voxels
 and cached beside its cuboids.
 
-A cell's entry is the sorted, distinct labels of the cell and of the one voxel past it on each
-high side (a mesh fragment is made over that margin, so a segment that starts on the next
-cell's first voxel has a face in this cell's fragment). It is made the first time something
-asks (a mesh manifest: ``relay.meshes``), from the cell's voxels read through the cache like any
-cutout, and costs one cache lookup every time after.
+A cell has two kinds of entry:
+- ``MESH``: the sorted, distinct labels of the cell and of the one voxel past it on each high
+  side (a mesh fragment is made over that margin, so a segment that starts on the next cell's
+  first voxel has a face in this cell's fragment), for mesh manifests (``relay.meshes``);
+- ``BOUNDS``: the cell's own nonzero labels and each one's lowest and highest voxel inside it,
+  for bounding boxes and the largest id (``relay.objects``).
+Each is made the first time something asks, from the cell's voxels read through the cache like
+any cutout, and costs one cache lookup every time after.
 
 An entry never outlives the voxels it was made from:
 - a source with ``ttl_seconds``: an entry carries when the oldest cuboid it was made from was
@@ -34,15 +37,20 @@ from .budget import ByteBudget
 from .cache.tiered import TieredCache
 from .catalog import Channel
 from .cutout import CutoutRequest, CutoutService, cache_key, channel_prefix, fresh
-from .geometry import Box
+from .geometry import Box, Vec3
 from .metrics import Metrics
 from .offload import offload
 from .planner import CuboidPlan, plan
 from .singleflight import SingleFlight
 
-__all__ = ["LabelIndex", "grown"]
+__all__ = ["BOUNDS", "MESH", "LabelIndex", "cell_bounds", "grown", "read_bounds"]
 
 _FETCHED = struct.Struct("<d")  # an entry's head: when its oldest cuboid was read upstream
+_BOUNDS_ROW = 7 * 8  # a label and its six bounds
+
+#: the two kinds of entry: a mesh cell's labels (its margin included), a cell's labels with
+#: their bounds inside it (``relay.objects``: bounding boxes, the largest id)
+MESH, BOUNDS = "mesh/labels", "objects/bounds"
 
 
 def grown(cell: Box, bounds: Box) -> Box:
@@ -52,6 +60,36 @@ def grown(cell: Box, bounds: Box) -> Box:
     return out
 
 
+def cell_bounds(voxels: np.ndarray, corner: Vec3) -> bytes:
+    """A bounds entry: the cell's nonzero labels (sorted, uint64) and each one's voxel bounds
+    inside the cell, (x, y, z) lowest then highest, in the level's coordinates (int64)."""
+    flat = voxels.reshape(-1)
+    where = np.flatnonzero(flat)
+    if where.size == 0:
+        return b""
+    values = flat[where]
+    order = np.argsort(values, kind="stable")  # stable: each label's positions stay ascending
+    values, where = values[order], where[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    _, height, width = voxels.shape
+    axes = (where % width, (where // width) % height, where // (height * width))  # x, y, z
+    lows = [np.minimum.reduceat(axis, starts) for axis in axes]
+    highs = [np.maximum.reduceat(axis, starts) for axis in axes]
+    offsets = np.asarray(tuple(corner) * 2, np.int64)
+    coords = np.stack(lows + highs, axis=1).astype(np.int64) + offsets
+    return (values[starts].astype("<u8").tobytes()
+            + np.ascontiguousarray(coords, "<i8").tobytes())
+
+
+def read_bounds(entry: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
+    """The labels (n,) and their bounds (n, 6: x, y, z low, then high, inclusive) of an entry
+    made by ``cell_bounds``."""
+    count = len(entry) // _BOUNDS_ROW
+    labels = np.frombuffer(entry, "<u8", count)
+    coords = np.frombuffer(entry, "<i8", count * 6, offset=count * 8).reshape(count, 6)
+    return labels, coords
+
+
 class LabelIndex:
     def __init__(self, cutouts: CutoutService, cache: TieredCache | None, metrics: Metrics,
                  budget: ByteBudget) -> None:
@@ -59,25 +97,41 @@ class LabelIndex:
         self.cache = cache
         self.metrics = metrics
         self.budget = budget
-        self.flights: SingleFlight[str, np.ndarray] = SingleFlight()
+        self.flights: SingleFlight[str, bytes | memoryview] = SingleFlight()
 
     @staticmethod
-    def _key(channel: Channel, level: int, cell: CuboidPlan, token: str | None) -> str:
-        return f"{cache_key(channel, level, 0, cell, token)}/mesh/labels"
+    def _key(channel: Channel, level: int, cell: CuboidPlan, token: str | None,
+             kind: str = MESH) -> str:
+        return f"{cache_key(channel, level, 0, cell, token)}/{kind}"
 
     def touched_keys(self, channel: Channel, level: int, box: Box, token: str | None) -> list[str]:
-        """The entries a write of ``box`` at ``level`` makes untrue: every cell whose voxels
-        or margin it covers (the cells it touches, and those one lower on each axis)."""
+        """The entries a write of ``box`` at ``level`` makes untrue: every mesh cell whose
+        voxels or margin it covers (the cells it touches, and those one lower on each axis),
+        and the bounds of every cell it touches."""
         grid = channel.info.levels[level]
         reach = Box(box.start - (1, 1, 1), box.stop)
         return [self._key(channel, level, cell, token)
-                for cell in plan(reach, grid.cuboid, grid.origin, grid.bounds)]
+                for cell in plan(reach, grid.cuboid, grid.origin, grid.bounds)] + [
+            self._key(channel, level, cell, token, BOUNDS)
+            for cell in plan(box, grid.cuboid, grid.origin, grid.bounds)]
 
     async def cell(self, channel: Channel, level: int, cell: CuboidPlan,
                    token: str | None) -> np.ndarray:
         """The sorted labels (uint64) of ``cell`` of ``level`` and its margin."""
-        key = self._key(channel, level, cell, token)
-        box = grown(cell.box, channel.info.levels[level].bounds)
+        entry = await self._entry(channel, level, cell, token, MESH)
+        return np.frombuffer(entry, np.uint64)
+
+    async def bounds(self, channel: Channel, level: int, cell: CuboidPlan,
+                     token: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted nonzero labels of ``cell`` of ``level`` and their bounds inside it
+        (``read_bounds``)."""
+        return read_bounds(await self._entry(channel, level, cell, token, BOUNDS))
+
+    async def _entry(self, channel: Channel, level: int, cell: CuboidPlan, token: str | None,
+                     kind: str) -> bytes | memoryview:
+        key = self._key(channel, level, cell, token, kind)
+        box = (grown(cell.box, channel.info.levels[level].bounds) if kind == MESH
+               else cell.box)
         source = channel.source
         cacheable = self.cache is not None and source.cache
         versioned: list[str] | None = None
@@ -93,20 +147,20 @@ class LabelIndex:
                 digest = hashlib.blake2b("|".join(versioned).encode(), digest_size=8)
                 key = f"{key}@{digest.hexdigest()}"
 
-        async def load() -> np.ndarray:
+        async def load() -> bytes | memoryview:
             if cacheable:
                 assert self.cache is not None
                 held = await self.cache.get(key)
                 if held is not None and len(held) >= _FETCHED.size and fresh(
                         source, _FETCHED.unpack_from(held)[0]):
-                    return np.frombuffer(held, np.uint64, offset=_FETCHED.size)
-            fetched, labels = await self._make(channel, level, box, token)
+                    return memoryview(held)[_FETCHED.size:]
+            fetched, entry = await self._make(channel, level, box, token, kind)
             if cacheable and await self._settled(versioned):
                 assert self.cache is not None
-                await self.cache.put(key, _FETCHED.pack(fetched) + labels.tobytes())
-            return labels
+                await self.cache.put(key, _FETCHED.pack(fetched) + entry)
+            return entry
 
-        async def gated() -> np.ndarray:
+        async def gated() -> bytes | memoryview:
             # made and cached under the channel's read gate: a write waits for it, so no entry
             # made of the voxels before a write is cached after the write dropped it
             async with self.cutouts.gates(channel_prefix(channel)).reading():
@@ -114,18 +168,26 @@ class LabelIndex:
 
         return await self.flights.do(key, gated if source.writable else load)
 
-    async def _make(self, channel: Channel, level: int, box: Box,
-                    token: str | None) -> tuple[float, np.ndarray]:
+    async def _make(self, channel: Channel, level: int, box: Box, token: str | None,
+                    kind: str) -> tuple[float, bytes]:
         nbytes = box.voxels * channel.info.dtype.itemsize
-        # the voxels, np.unique's sorted copy and its answer, and any derived cuboids made
-        peak = 3 * nbytes + CutoutService.working_bytes(channel, level, box)
+        # the voxels, and np.unique's sorted copy and its answer; or for bounds the nonzero
+        # voxels' positions, values, order and coordinates (at most 6 × 8 bytes a voxel); and
+        # any derived cuboids made
+        each = 8 * box.voxels * 6 if kind == BOUNDS else 2 * nbytes
+        peak = nbytes + each + CutoutService.working_bytes(channel, level, box)
         reservation = self.budget.try_reserve(peak) or await self.budget.reserve(peak)
         try:
             read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
                                                                 token=token))
-            labels = await offload(np.unique, read.voxels, nbytes=nbytes)
+            voxels = read.voxels.reshape(box.shape_zyx)
+            if kind == BOUNDS:
+                entry = await offload(cell_bounds, voxels, box.start, nbytes=nbytes)
+            else:
+                labels = await offload(np.unique, voxels, nbytes=nbytes)
+                entry = np.asarray(labels, "<u8").tobytes()
             self.metrics.inc("label_index_cells_made_total")
-            return min(read.fetched, default=0.0), np.asarray(labels, np.uint64)
+            return min(read.fetched, default=0.0), entry
         finally:
             reservation.release()
 

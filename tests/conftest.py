@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,12 @@ def fixture_sources(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, 
 
 def make_settings(sources: list[dict[str, Any]], cache_dir: Path | None,
                   **cache: Any) -> Settings:
+    # the durable state beside the cache (or in a directory of its own): never the user's
+    state = (cache_dir.parent / f"{cache_dir.name}-state" if cache_dir is not None
+             else Path(tempfile.mkdtemp(prefix="relay-state-")))
     return Settings(
         sources=sources,
+        server={"state_dir": state},
         cache={"disk_dir": cache_dir, "memory_bytes": 256 * 2**20, **cache},
     )
 

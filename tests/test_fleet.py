@@ -262,3 +262,6 @@ def test_the_compose_fleet_is_the_topology_tested_above(monkeypatch: pytest.Monk
         settings = load_settings(REPO / "docker" / "relay.yaml")
         assert settings.cache.redis_url == "redis://redis:6379/0"
         assert settings.cache.disk_dir is not None and settings.cache.memory_bytes > 0
+        # one durable state (metadata, reserved ids) for the whole fleet
+        assert "fleet-state:/state" in services[name]["volumes"]
+        assert str(settings.server.state_dir) == "/state"

@@ -119,3 +119,12 @@ def test_intern_metadata_suite_passes(via: str, relays: dict[str, RelayProcess],
                   monkeypatch)
     assert result.testsRun == 3 and not result.skipped
     assert result.wasSuccessful(), _report(result)
+
+
+@pytest.mark.parametrize("via", ["one relay", "two relays"])
+def test_intern_volume_suite_passes_with_its_skipped_tests(
+        via: str, relays: dict[str, RelayProcess], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run(int_test_volume_v1.VolumeServiceTest_v1, relays[via], tmp_path, monkeypatch)
+    assert result.testsRun == 42 and not result.skipped
+    assert result.wasSuccessful(), _report(result)

@@ -60,7 +60,7 @@ from .responses import BodyResponse, ForwardedResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
 
-__all__ = ["check_size", "cutout_nbytes", "cutout_target", "router"]
+__all__ = ["channel_level", "check_size", "cutout_nbytes", "cutout_target", "router"]
 
 # ASCII digits only: \d also matches other scripts' digits, which int() then accepts
 _RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
@@ -239,22 +239,29 @@ def _within(box: Box, frame: Box, level: Box) -> bool:
     return Box(lowest, frame.stop).contains(box)
 
 
+async def channel_level(request: Request, collection: str, experiment: str, channel: str,
+                        resolution: str) -> tuple[Channel, int]:
+    """The channel and resolution of a URL, checked in BossDB's order (and ``iso``)."""
+    if not _RESOLUTION.fullmatch(resolution):
+        raise NotFound(f"Invalid resolution {show(resolution)}: one digit expected")
+    chan = await channel_for(request, collection, experiment, channel)
+    _check_iso(request, chan)
+    res = int(resolution)
+    if res >= len(chan.info.levels):
+        raise InvalidResolution(
+            f"Invalid resolution {res}. The resolution has to be within 0 and "
+            f"{len(chan.info.levels) - 1}"
+        )
+    return chan, res
+
+
 async def cutout_target(request: Request, collection: str, experiment: str, channel: str,
                   resolution: str, x_range: str, y_range: str, z_range: str,
                   t_range: str | None) -> tuple[Channel, int, Box, range | None]:
     """A cutout URL checked in BossDB's order: the channel, the resolution, the ranges (against
     the resolution-0 frame) and the time range; what a GET and a POST both address."""
-    if not _RESOLUTION.fullmatch(resolution):
-        raise NotFound(f"Invalid resolution {show(resolution)}: one digit expected")
-    chan = await channel_for(request, collection, experiment, channel)
-    _check_iso(request, chan)
+    chan, res = await channel_level(request, collection, experiment, channel, resolution)
     info = chan.info
-    res = int(resolution)
-    if res >= len(info.levels):
-        raise InvalidResolution(
-            f"Invalid resolution {res}. The resolution has to be within 0 and "
-            f"{len(info.levels) - 1}"
-        )
     (x0, x1), (y0, y1), (z0, z1) = (
         _range(x_range, "x"), _range(y_range, "y"), _range(z_range, "z")
     )

@@ -1,17 +1,19 @@
-"""Routes of BossDB's object services (``relay.objects``): ``/v1/ids/…``, ``/v1/reserve/…``."""
+"""Routes of BossDB's object services (``relay.objects``): ``/v1/ids/…``, ``/v1/boundingbox/…``,
+``/v1/reserve/…``."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .. import dialect
 from ..budget import ByteBudget
 from ..cutout import CutoutService
-from ..errors import CutoutTypeError
+from ..errors import BadRequest, CutoutTypeError, ObjectNotFound
 from ..objects import ObjectService, require_annotation
 from ..state import MAX_ID
 from ..writes import WriteService
-from .boss import check_size, cutout_nbytes, cutout_target
+from .boss import channel_level, check_size, cutout_nbytes, cutout_target
 from .common import caller_token, channel_for, check_write_token
 from .routing import Router, add_route
 
@@ -69,3 +71,42 @@ async def reserve_ids(request: Request, collection: str, experiment: str, channe
 
 add_route(router, "/reserve/{collection}/{experiment}/{channel}/{num_ids}/", reserve_ids,
           slash_optional=True)
+
+
+async def get_bounding_box(request: Request, collection: str, experiment: str, channel: str,
+                           resolution: str, label: str) -> JSONResponse:
+    """``{"x_range": [a, b], "y_range": …, "z_range": …, "t_range": [0, 1]}``, half-open, at
+    that resolution: ``?type=tight`` the id's exact voxel bounds; ``loose`` (the default) the
+    cuboids that hold it, on the grid ``/downsample`` advertises (``cuboid_size``), anchored at
+    0 and not clipped to the frame (BossDB's answer). An id no voxel holds is 404/4004."""
+    kind = request.query_params.get("type", "loose")
+    if kind not in ("loose", "tight"):
+        raise BadRequest(f"Invalid bounding box type {kind[:20]!r}: loose or tight")
+    if not label.isdigit() or int(label) > MAX_ID:
+        raise CutoutTypeError(f"Invalid id {label[:40]!r}: a whole number below 2^64")
+    chan, res = await channel_level(request, collection, experiment, channel, resolution)
+    require_annotation(chan, "Bounding box")
+    token = caller_token(request)
+    catalog = request.app.state.catalog
+    speaker = catalog.speaks_boss(chan.upstream)
+    if speaker is not None:  # its own answer, never cached: a write moves it
+        ref = chan.ref
+        return JSONResponse(await speaker.boss_call("GET", dialect.boundingbox(
+            ref.collection, ref.experiment, ref.channel, res, int(label), kind), token))
+    service: ObjectService = request.app.state.objects
+    found = await service.extent(chan, res, int(label), token)
+    if found is None:
+        raise ObjectNotFound(f"The id does not exist. {int(label)}")
+    low, high = found
+    if kind == "tight":
+        ranges = [[lo, hi + 1] for lo, hi in zip(low, high, strict=True)]
+    else:
+        cuboid = chan.info.levels[res].cuboid
+        ranges = [[lo // c * c, (hi // c + 1) * c] for lo, hi, c in zip(low, high, cuboid,
+                                                                           strict=True)]
+    return JSONResponse({"x_range": ranges[0], "y_range": ranges[1], "z_range": ranges[2],
+                         "t_range": [0, 1]})
+
+
+add_route(router, "/boundingbox/{collection}/{experiment}/{channel}/{resolution}/{label}/",
+          get_bounding_box, slash_optional=True)

@@ -56,7 +56,8 @@ def add_route(router: Router, path: str, endpoint: Callable[..., Any],
     async def documented(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never served
         return await endpoint(*args, **kwargs)
 
-    router.add_api_route(path, documented, methods=list(methods), response_model=None)
+    for method in methods:  # one documented operation per method: each its own operation id
+        router.add_api_route(path, documented, methods=[method], response_model=None)
 
 
 def served_routes(router: Router, prefixes: Sequence[str] = ("",)) -> list[BaseRoute]:
