@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import dialect
 from .config import SourceSettings
@@ -159,22 +159,31 @@ class Catalog:
             raise ResourceNotFound(f"Channel {ref.channel} not found")
         source, upstream = claimed
         info = await self._info(source, upstream, ref, token)
-        return Channel(ref, source, upstream, *self._pyramid(source, upstream, info))
+        return Channel(ref, source, upstream, *self._served(source, upstream, info))
 
-    def _pyramid(self, source: SourceSettings, upstream: Upstream, info: ChannelInfo
-                 ) -> tuple[ChannelInfo, Pyramid | None]:
-        """``info`` with the derived levels its source asks for. A BossDB-speaking upstream
-        (BossDB, another relay) keeps its own pyramid: its metadata is passed through as it
-        is, and must agree with the levels served. Worked out once per description."""
-        if source.downsample == "none" or self.speaks_boss(upstream) is not None:
-            return info, None
+    def _served(self, source: SourceSettings, upstream: Upstream, info: ChannelInfo
+                ) -> tuple[ChannelInfo, Pyramid | None]:
+        """``info`` as served: with the source's ``default_time_sample`` and the derived levels
+        it asks for. A BossDB-speaking upstream (BossDB, another relay) keeps its own pyramid:
+        its metadata is passed through as it is, and must agree with the levels served.
+        Worked out once per description."""
         held = self._derived.get(id(info))
         if held is not None and held[0] is info:
             return held[1]
-        method = source.downsample_method
-        if method == "auto":
-            method = "mode" if info.type == "annotation" else "mean"
-        derived = derive_levels(info, method, source.levels)
+        served = info
+        default = source.default_time_sample
+        if default is not None and default != info.default_time_sample:
+            if default >= info.num_time_samples:
+                raise ConfigError(
+                    f"{upstream.where}: default_time_sample {default} is past the channel's "
+                    f"{info.num_time_samples} time samples; set it below")
+            served = replace(info, default_time_sample=default)
+        derived: tuple[ChannelInfo, Pyramid | None] = (served, None)
+        if source.downsample != "none" and self.speaks_boss(upstream) is None:
+            method = source.downsample_method
+            if method == "auto":
+                method = "mode" if info.type == "annotation" else "mean"
+            derived = derive_levels(served, method, source.levels)
         if len(self._derived) >= _TRACKED:
             self._derived.clear()
         self._derived[id(info)] = (info, derived)

@@ -268,7 +268,8 @@ class CutoutService:
         """A sink for a request of exactly one stored cuboid whose upstream forwards frames
         (another relay, BossDB): its frame may then be sent on as it arrives."""
         channel = request.channel
-        if request.times is not None or not channel.upstream.forwards or (
+        if (request.times is not None or channel.info.default_time_sample
+                or not channel.upstream.forwards) or (
                 channel.pyramid is not None and channel.pyramid.derives(request.resolution)):
             return None
         level = channel.info.levels[request.resolution]
@@ -305,7 +306,7 @@ class CutoutService:
         is not exactly one cached cuboid, a refresh — takes the general path."""
         channel = request.channel
         if (request.times is not None or request.refresh or self.cache is None
-                or not channel.source.cache):
+                or not channel.source.cache or channel.info.default_time_sample):
             return None
         level = channel.info.levels[request.resolution]
         cuboid = exact_cuboid(request.box, level.cuboid, level.origin, level.bounds)
@@ -333,7 +334,9 @@ class CutoutService:
     async def read_cutout(self, request: CutoutRequest, frame_ok: bool = False) -> Cutout:
         info = request.channel.info
         level = info.levels[request.resolution]
-        times = request.times if request.times is not None else range(1)
+        # no time range: the channel's default sample, answered as 3-D (BossDB's)
+        first = info.default_time_sample
+        times = request.times if request.times is not None else range(first, first + 1)
         check_cells(level, request.box, len(times))
         planned = [(ti, t, cuboid) for ti, t in enumerate(times)
                    for cuboid in plan(request.box, level.cuboid, level.origin, level.bounds)]

@@ -119,7 +119,7 @@ def channel_json(channel: Channel) -> dict[str, Any]:
         "public": True,
         "description": info.description,
         "experiment": channel.ref.experiment,
-        "default_time_sample": 0,
+        "default_time_sample": info.default_time_sample,
         "type": info.type,
         "base_resolution": 0,
         "datatype": info.dtype.name,

@@ -137,6 +137,9 @@ class SourceSettings(BaseModel):
     #: the precomputed dialect's chunk encoding: "auto" is compressed_segmentation for uint64
     #: annotations (typically 10–50× smaller than raw) and raw for everything else
     precomputed_encoding: Literal["auto", "raw", "compressed_segmentation"] = "auto"
+    #: the time sample a cutout without a time range reads, as BossDB's channel
+    #: ``default_time_sample`` (null: the upstream's own for a boss source, else 0)
+    default_time_sample: int | None = Field(None, ge=0)
     #: the level annotation meshes are made at (``relay.meshes``); null: the finest level
     #: whose grid has at most 512 cuboids
     mesh_level: int | None = Field(None, ge=0, le=20)
@@ -204,12 +207,15 @@ class ChannelInfo:
     voxel_unit: str = "nanometers"
     num_time_samples: int = 1
     description: str = ""
+    #: the time sample a cutout without a time range reads (BossDB's ``default_time_sample``)
+    default_time_sample: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON form (persisted with the disk tier: offline after a restart)."""
         return {
             "dtype": self.dtype.str, "type": self.type, "voxel_unit": self.voxel_unit,
             "num_time_samples": self.num_time_samples, "description": self.description,
+            "default_time_sample": self.default_time_sample,
             "levels": [{"voxel_size": list(level.voxel_size),
                         "bounds": [list(level.bounds.start), list(level.bounds.stop)],
                         "cuboid": list(level.cuboid), "origin": list(level.origin)}
@@ -234,7 +240,8 @@ class ChannelInfo:
                    levels=tuple(level(item) for item in data["levels"]),
                    voxel_unit=str(data["voxel_unit"]),
                    num_time_samples=int(data["num_time_samples"]),
-                   description=str(data["description"]))
+                   description=str(data["description"]),
+                   default_time_sample=int(data.get("default_time_sample", 0)))
 
 
 #: Bounds on what an upstream may describe: coordinates within ±2^40 voxels, at most 20
@@ -257,6 +264,9 @@ def checked_info(info: ChannelInfo, where: str) -> ChannelInfo:
         raise bad(f"{len(info.levels)} resolution levels")
     if not 1 <= info.num_time_samples <= MAX_TIME_SAMPLES:
         raise bad(f"{info.num_time_samples} time samples")
+    if not 0 <= info.default_time_sample < info.num_time_samples:
+        raise bad(f"default time sample {info.default_time_sample} of "
+                  f"{info.num_time_samples}")
     for r, level in enumerate(info.levels):
         if not all(math.isfinite(v) and v > 0 for v in level.voxel_size):
             raise bad(f"level {r} voxel size {level.voxel_size}")

@@ -627,3 +627,49 @@ def test_ids_refuse_images_and_regions_outside(relay: RelayProcess) -> None:
     assert empty.status_code == 200 and set(empty.json()) == {"ids"}
     outside = httpx.get(f"{relay.url}/v1/ids/zarr/w/u64/0/0:1000/0:10/0:4/")
     assert (outside.status_code, outside.json()["code"]) == (400, 1001)
+
+
+def test_a_cutout_without_a_time_range_reads_the_default_time_sample(tmp_path: Path) -> None:
+    """BossDB reads (and writes) a channel's ``default_time_sample`` when the URL has no time
+    range (issue 26). A source's ``default_time_sample`` is that sample: its channel JSON says
+    so, cutouts without a time range (a whole cuboid and an unaligned box, through a relay and
+    a chain hop that learns the default from it) are that sample, and so is a POST's."""
+    group = zarr.open_group(str(tmp_path / "series.ome.zarr"), mode="w", zarr_format=3)
+    initial = np.stack([np.full((16, 64, 64), 10 * (t + 1), np.uint16) for t in range(4)])
+    group.create_array("0", shape=initial.shape, chunks=(1, 8, 32, 32),
+                       dtype="uint16")[:] = initial
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "time" if a == "t" else "space"} for a in "tzyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]}]}]}]}
+    source = {"collection": "ts", "experiment": "w", "channel": "c", "kind": "zarr",
+              "url": (tmp_path / "series.ome.zarr").as_uri(), "default_time_sample": 2,
+              "writable": True, "cuboid": [32, 32, 8]}
+    bad = {**source, "experiment": "bad", "default_time_sample": 9}
+    lab = relay_over(tmp_path, [source, bad], "lab").start()
+    laptop = relay_over(tmp_path, [{"collection": "*", "kind": "boss", "url": lab.url,
+                                    "writable": True}], "laptop").start()
+    try:
+        for relay in (lab, laptop):
+            channel = httpx.get(f"{relay.url}/v1/collection/ts/experiment/w/channel/c/").json()
+            assert channel["default_time_sample"] == 2
+            for box in (((0, 32), (0, 32), (0, 8)), ((5, 50), (3, 61), (2, 13))):
+                url = "/v1/cutout/ts/w/c/0/{}:{}/{}:{}/{}:{}/".format(*box[0], *box[1], *box[2])
+                for _ in range(2):  # cold, then from the cache
+                    got = _decoded(httpx.get(relay.url + url).content, "uint16", box)
+                    assert (got == 30).all(), (relay.url, box)
+        written = np.full((4, 8, 8), 77, np.uint16)
+        created = httpx.post(f"{laptop.url}/v1/cutout/ts/w/c/0/8:16/8:16/4:8/",
+                             content=_blosc(written),
+                             headers={"Content-Type": "application/blosc"})
+        assert created.status_code == 201, created.text
+        stored = np.asarray(zarr.open_array(str(tmp_path / "series.ome.zarr" / "0"),
+                                            mode="r")[:])
+        expected = initial.copy()
+        expected[2, 4:8, 8:16, 8:16] = 77
+        assert np.array_equal(stored, expected)
+        refused = httpx.get(f"{lab.url}/v1/cutout/ts/bad/c/0/0:8/0:8/0:8/")
+        assert refused.status_code == 502 and "default_time_sample" in refused.json()["message"]
+    finally:
+        laptop.stop()
+        lab.stop()

@@ -431,7 +431,9 @@ async def _write(request: Request, chan: Channel, res: int, box: Box, times: ran
     service: WriteService = request.app.state.writes
     try:
         await service.write(WriteRequest(chan, res, box, data,
-                                          times if times is not None else range(1),
+                                          times if times is not None else range(
+                                              chan.info.default_time_sample,
+                                              chan.info.default_time_sample + 1),
                                           caller_token(request)))
     finally:
         # what the store says of itself may change with a write (DVID's extents grow)

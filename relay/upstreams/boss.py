@@ -283,5 +283,6 @@ def _channel_info(channel: dict[str, Any], experiment: dict[str, Any], frame: di
         levels=tuple(levels),
         voxel_unit=str(frame.get("voxel_unit") or "nanometers"),
         num_time_samples=max(1, int(experiment.get("num_time_samples") or 1)),
+        default_time_sample=int(channel.get("default_time_sample") or 0),
         description=str(channel.get("description") or ""),
     )
