@@ -6,6 +6,9 @@ same thing in process with the same libraries.
       numpy and encoding the result, in process
   P11 one segment's mesh, cold (manifest from a fresh label index, every fragment made) and
       warm, vs zmesh on the segment's bounding-box cutout read with zarr, in process
+  P14 BossDB's object services (docs/objects.md): the ids of a 1024×1024×64 uint64 region and
+      one segment's tight bounding box, cold (a fresh relay: every cuboid read and indexed)
+      and warm, vs zarr's read of the region and numpy's unique / nonzero on it, in process
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import zmesh
 
 from bench.harness import Bench, Row, http, timed_get
 
-__all__ = ["p10", "p11"]
+__all__ = ["p10", "p11", "p14"]
 
 
 def p10(bench: Bench) -> None:
@@ -105,6 +108,54 @@ def p11(bench: Bench) -> None:
     bench.report.rows.append(Row(
         "P11 mesh of one segment, warm", f"{warm_s * 1e3:.0f} ms", comparator, warm_s / direct_s,
         "≤ 0.5 (time)", warm_s / direct_s <= 0.5))
+
+
+def p14(bench: Bench) -> None:
+    z, y, x = bench.mode.shape_zyx
+    shape = (z, y // 2, x // 2)
+    labels, _ = _labels(shape)
+    path = bench.root / "p14-seg.zarr"
+    array = zarr.create_array(str(path), shape=shape, chunks=(16, 512, 512), dtype=np.uint64,
+                              fill_value=0, zarr_format=3)
+    array[...] = labels
+    del labels
+    source = {"collection": "b", "experiment": "e", "channel": "seg", "kind": "zarr",
+              "url": str(path), "voxel_size": [4, 4, 40], "type": "annotation"}
+    region = f"0:{shape[2]}/0:{shape[1]}/0:{shape[0]}"
+    routes = {"ids": f"/v1/ids/b/e/seg/0/{region}/",
+              "box": "/v1/boundingbox/b/e/seg/0/7/?type=tight"}
+    cold: dict[str, list[float]] = {name: [] for name in routes}
+    warm: dict[str, list[float]] = {name: [] for name in routes}
+    for trial in range(bench.mode.trials):
+        for name, route in routes.items():
+            with ExitStack() as stack:  # a fresh relay: nothing cached, nothing indexed
+                relay = bench.start_relay(f"p14-{name}-{trial}", [source], stack)
+                cold[name].append(_timed(relay.url + route))
+                warm[name].append(statistics.median(_timed(relay.url + route)
+                                                    for _ in range(3)))
+    direct: dict[str, list[float]] = {"ids": [], "box": []}
+    for _ in range(bench.mode.trials):
+        started = time.perf_counter()
+        found = np.unique(np.asarray(array[...]))
+        found = found[found != 0]
+        direct["ids"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        where = np.nonzero(np.asarray(array[...]) == 7)
+        [(int(axis.min()), int(axis.max()) + 1) for axis in where]
+        direct["box"].append(time.perf_counter() - started)
+    what = {"ids": f"ids of a {shape[2]}×{shape[1]}×{shape[0]} uint64 region",
+            "box": "tight bounding box of one segment"}
+    numpy = {"ids": "np.unique", "box": "np.nonzero"}
+    for name in routes:
+        cold_s, warm_s, direct_s = (statistics.median(t[name]) for t in (cold, warm, direct))
+        comparator = f"zarr read + {numpy[name]} in process {direct_s * 1e3:.0f} ms"
+        bench.report.rows.append(Row(
+            f"P14 {what[name]}, cold", f"{cold_s * 1e3:.0f} ms", comparator, cold_s / direct_s,
+            "≤ 2 (time)", cold_s / direct_s <= 2,
+            detail="a fresh relay each time: every cuboid read and indexed"))
+        bench.report.rows.append(Row(
+            f"P14 {what[name]}, warm", f"{warm_s * 1e3:.0f} ms", comparator, warm_s / direct_s,
+            "≤ 0.1 (time)", warm_s / direct_s <= 0.1))
 
 
 def _timed(url: str) -> float:

@@ -18,7 +18,8 @@
      same fleet without Redis beside it)
   P9 a cuboid the fleet holds but this relay has never seen (a Redis hit) vs the same relay's
      own disk-tier hit and an upstream read
-  P10, P11 the services (a derived pyramid level, a mesh): bench/services.py
+  P10, P11, P14 the services (a derived pyramid level, a mesh, ids and a bounding box):
+      bench/services.py
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from bench.harness import (
     writes_landed,
     wrk,
 )
-from bench.services import p10, p11
+from bench.services import p10, p11, p14
 from tests.servers import NginxBalancer, RedisServer, RelayProcess, free_port
 
 __all__ = ["WORKLOADS", "Workload"]
@@ -442,5 +443,5 @@ def p9(bench: Bench) -> None:
 #: the whole volume through the first relay, so the cold chain reads of P6 start fresh relays)
 WORKLOADS: dict[str, Workload] = {
     "P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "CURVES": curves, "P6": p6, "P7": p7,
-    "P8": p8, "P9": p9, "P10": p10, "P11": p11,
+    "P8": p8, "P9": p9, "P10": p10, "P11": p11, "P14": p14,
 }

@@ -219,7 +219,7 @@ def create_app(settings: Settings, upstreams: Registry = registry) -> Starlette:
         app.state.writes = WriteService(app.state.cutouts, metrics, app.state.labels)
         state = DurableState(settings.server.state_dir)
         app.state.objects = ObjectService(app.state.cutouts, catalog, app.state.labels, state,
-                                          int(settings.server.max_index_bytes))
+                                          budget, int(settings.server.max_index_bytes))
         app.state.keyvalues = KeyValues(catalog, app.state.metadata, state)
         policy = ConnectionPolicy(
             header_timeout=settings.server.header_timeout,

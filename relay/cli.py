@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("--concurrency", type=int, default=4,
                       help="cuboids in flight at once (default 4)")
     warm.add_argument("--token", help="BossDB token, sent as 'Authorization: Token T'")
+    warm.add_argument("--index", action="store_true",
+                      help="annotation channels: build the label index too (bounding boxes, "
+                      "ids of large regions)")
     cache = commands.add_parser(
         "cache", help="the disk (and Redis) cache of a config: stats, verify, purge; offline "
         "or beside a running relay")
@@ -97,7 +100,7 @@ def _warm(args: argparse.Namespace) -> int:
     try:
         box = parse_box(args.box) if args.box else None
         return asyncio.run(warm(args.url, args.channel, args.res, box, args.concurrency,
-                                args.token))
+                                args.token, index=args.index))
     except ValueError as exc:
         print(f"relay warm: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,13 @@
 """BossDB's object services, computed by the relay from the voxels it serves, for any source.
 
 - ``ids``: the exact set of nonzero labels in a region of an annotation channel, at a level,
-  over the time samples asked for (BossDB reads time 0 only, whatever the URL says; its index
-  of the interior cuboids is built after the fact and may lag a write). A region is read like
-  a cutout (the same size limit, ``server.max_cutout_bytes``, and the same in-flight budget for
-  its voxels and the sorted copy ``np.unique`` makes), so an answer costs what the cutout of its
-  region costs, cold or warm.
+  over the time samples asked for. At time 0 it is BossDB's own algorithm with an index that
+  is never behind a write (BossDB's is built after the fact, and reads time 0 whatever the URL
+  says): the cells of the level's grid that lie wholly inside the region answer from the label
+  index (below: one cache lookup each once built), the partial cells at its edges from their
+  voxels; a region is bounded by ``server.max_index_bytes``, and only a cell's voxels are held
+  at once. Other time samples are read like the cutout of the region (its size limit,
+  ``server.max_cutout_bytes``, and the in-flight budget).
 - ``extent`` (BossDB's bounding box): where one id lies at a level, from the label index's
   bounds entries (``relay.labels``): each cell of the level's grid holds its labels and each
   one's lowest and highest voxel inside it, made from the cell's voxels on first use, cached
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from . import dialect
+from .budget import ByteBudget
 from .catalog import Catalog, Channel
 from .cutout import CutoutRequest, CutoutService
 from .errors import BadRequest, DatatypeNotSupported, RequestTooLarge, UpstreamError
@@ -69,35 +72,73 @@ def _labels(voxels: np.ndarray) -> np.ndarray:
 
 class ObjectService:
     def __init__(self, cutouts: CutoutService, catalog: Catalog, labels: LabelIndex,
-                 state: DurableState, max_index_bytes: int) -> None:
+                 state: DurableState, budget: ByteBudget, max_index_bytes: int) -> None:
         self.cutouts = cutouts
+        self.budget = budget
         self.catalog = catalog
         self.labels = labels
         self.state = state
         self.max_index_bytes = max_index_bytes
 
+    @staticmethod
+    def indexed(channel: Channel, times: range | None) -> bool:
+        """Are the ids of this time range answered with the label index (time 0 only)?"""
+        if times is None:
+            return channel.info.default_time_sample == 0
+        return times == range(1)
+
     async def ids(self, channel: Channel, resolution: int, box: Box, times: range | None,
                   token: str | None) -> np.ndarray:
-        """The sorted, distinct nonzero labels (uint64) of ``box`` at ``resolution``."""
+        """The sorted, distinct nonzero labels (uint64) of ``box`` at ``resolution``. Unless
+        ``indexed``, the caller has checked the region's size and reserved its voxels and a
+        sorted copy."""
         require_annotation(channel, "Ids")
-        read = await self.cutouts.read_cutout(CutoutRequest(channel, resolution, box,
-                                                            times=times, token=token))
-        voxels = read.voxels
-        return np.asarray(await offload(_labels, voxels, nbytes=voxels.nbytes), np.uint64)
+        if not self.indexed(channel, times):
+            read = await self.cutouts.read_cutout(CutoutRequest(channel, resolution, box,
+                                                                times=times, token=token))
+            voxels = read.voxels
+            return np.asarray(await offload(_labels, voxels, nbytes=voxels.nbytes), np.uint64)
+        found: list[np.ndarray] = []
+
+        async def visit(cell: CuboidPlan) -> None:
+            part = cell.box.intersect(box)
+            assert part is not None
+            if part == cell.box:  # wholly inside: the index's labels of the cell
+                labels, _ = await self.labels.bounds(channel, resolution, cell, token)
+                found.append(labels)
+                return
+            nbytes = part.voxels * channel.info.dtype.itemsize
+            peak = 2 * nbytes + CutoutService.working_bytes(channel, resolution, part)
+            reservation = self.budget.try_reserve(peak) or await self.budget.reserve(peak)
+            try:
+                read = await self.cutouts.read_cutout(CutoutRequest(channel, resolution, part,
+                                                                    token=token))
+                found.append(await offload(_labels, read.voxels, nbytes=nbytes))
+            finally:
+                reservation.release()
+
+        await self._each_cell(channel, resolution, "The ids of a region", visit, box)
+        if not found:
+            return np.zeros(0, np.uint64)
+        return np.unique(np.concatenate(found).astype(np.uint64, copy=False))
 
     async def _each_cell(self, channel: Channel, level: int, what: str,
-                         visit: Callable[[CuboidPlan], Awaitable[None]]) -> None:
-        """``visit`` every cell of ``level``'s grid, a few at a time, after checking the level
-        against ``server.max_index_bytes``; progress is logged while it lasts."""
+                         visit: Callable[[CuboidPlan], Awaitable[None]],
+                         region: Box | None = None) -> None:
+        """``visit`` every cell of ``level``'s grid in ``region`` (default the whole level), a
+        few at a time, after checking the region against ``server.max_index_bytes``; progress
+        is logged while it lasts."""
         grid = channel.info.levels[level]
-        nbytes = grid.bounds.voxels * channel.info.dtype.itemsize
+        region = grid.bounds if region is None else region
+        nbytes = region.voxels * channel.info.dtype.itemsize
         if nbytes > self.max_index_bytes:
+            whole = "the region" if region != grid.bounds else f"resolution {level} whole"
             raise RequestTooLarge(
-                f"{what} of {channel_key(channel)} would index resolution {level} whole "
+                f"{what} of {channel_key(channel)} would index {whole} "
                 f"({nbytes / 2**30:.1f} GiB of voxels), past server.max_index_bytes "
                 f"({self.max_index_bytes / 2**30:.1f} GiB); raise it to allow this")
-        cells = iter(plan(grid.bounds, grid.cuboid, grid.origin, grid.bounds))
-        total = grid.bounds.voxels
+        cells = iter(plan(region, grid.cuboid, grid.origin, grid.bounds))
+        total = max(1, region.voxels)
         done = 0
         started = last = time.monotonic()
 
@@ -105,7 +146,8 @@ class ObjectService:
             nonlocal done, last
             for cell in cells:  # one shared iterator: each cell is visited once
                 await visit(cell)
-                done += cell.box.voxels
+                inside = cell.box.intersect(region)
+                done += inside.voxels if inside is not None else 0
                 if time.monotonic() - last > PROGRESS_EVERY:
                     last = time.monotonic()
                     log.info("%s of %s, resolution %d: %.0f%% of the label index in %.0f s",

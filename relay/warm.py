@@ -10,6 +10,11 @@ at once, prints what was done, and exits 130; the cuboids in flight then are aba
 relay with their only client, and read by the next run). Errors do not stop the run: they are
 counted, the first few are shown, and the exit status is 1. On a terminal the progress is a bar
 (cuboids done of total, MB/s, time left); otherwise a plain line every few seconds.
+
+With ``--index`` (annotation channels) each cuboid is asked for as the ids of its box instead
+(``/v1/ids/…``): the relay reads it into its caches as above and also builds the cuboid's
+label index entry, so bounding boxes and the ids of large regions are warm too
+(docs/objects.md).
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ def plan_warm(downsample: dict[str, Any], frame: dict[str, Any], res: int,
 
 async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
                concurrency: int = 4, token: str | None = None, out: TextIO = sys.stderr,
-               bar: bool | None = None) -> int:
-    """Warm the region; the process's exit status (0, 1 on errors)."""
+               bar: bool | None = None, index: bool = False) -> int:
+    """Warm the region (and with ``index`` its label index); the process's exit status (0, 1
+    on errors)."""
     collection, experiment, name = channel.split("/")
     base = url.rstrip("/")
     pool = HttpPool()
@@ -114,10 +120,12 @@ async def warm(url: str, channel: str, res: int = 0, box: Box | None = None,
         plan = plan_warm(downsample, frame, res, box)
         tally = Tally(plan.count, "cuboids")
         print(f"relay warm: {plan.count} cuboids of {plan.cuboid.x}×{plan.cuboid.y}×"
-              f"{plan.cuboid.z} at resolution {res} in {plan.region}", file=out)
+              f"{plan.cuboid.z} at resolution {res} in {plan.region}"
+              f"{', with their label index' if index else ''}", file=out)
         boxes = plan.boxes()
-        cutout = f"{base}/v1/cutout/{collection}/{experiment}/{name}/{res}"
-        wanted = {**headers, "Accept": "application/blosc"}
+        service = "ids" if index else "cutout"
+        cutout = f"{base}/v1/{service}/{collection}/{experiment}/{name}/{res}"
+        wanted = {**headers, "Accept": "application/json" if index else "application/blosc"}
 
         async def worker() -> None:
             for cell in boxes:  # shared: each worker takes the next cuboid

@@ -13,8 +13,9 @@ are dropped — writable OME-Zarr stores of the suites' frames, time samples and
 suites skip "because indexing is disabled" at BossDB (ids across cuboid lines, loose and tight
 bounding boxes) are run too: the relay computes them from the voxels.
 
-Each suite runs through one relay over the stores, and through a chain of two (a relay in
-front of that one), with the same results.
+Each suite runs through one relay over the stores, through a chain of two (a relay in front of
+that one), and on another member of the first one's fleet (sharing its Redis tier and its
+durable state), with the same results.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from intern.remote.boss import BossRemote
 from intern.remote.boss.tests import int_test_metadata_v1, int_test_volume_v1
 from intern.resource.boss.resource import CoordinateFrameResource
 
-from .servers import RelayProcess, relay_over
+from .servers import RedisServer, RelayProcess, relay_over, write_config
 
 #: the suffix ``random.randint`` gives the suites' names while they run
 SUFFIX = 4242
@@ -70,13 +71,20 @@ def _sources(root: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RelayProcess]]:
+    """The institute relay over the stores; a laptop relay in front of it; and a second
+    member of the institute's fleet (the same stores, Redis tier and state_dir)."""
     root = tmp_path_factory.mktemp("intern-suites")
-    institute = relay_over(root, _sources(root), "institute").start()
-    laptop = relay_over(root, [{"collection": "*", "kind": "boss", "url": institute.url,
-                                "writable": True}], "laptop").start()
-    yield {"one relay": institute, "two relays": laptop}
-    laptop.stop()
-    institute.stop()
+    sources = _sources(root)
+    with RedisServer(root / "redis") as redis:
+        fleet = [RelayProcess(["--config", str(write_config(
+            root / f"{name}.yaml", sources, root / f"{name}-cache", redis_url=redis.url,
+            server={"state_dir": str(root / "fleet-state")}))], log=root / f"{name}.log").start()
+            for name in ("institute", "member")]
+        laptop = relay_over(root, [{"collection": "*", "kind": "boss", "url": fleet[0].url,
+                                    "writable": True}], "laptop").start()
+        yield {"one relay": fleet[0], "two relays": laptop, "fleet member": fleet[1]}
+        for relay in (laptop, *fleet):
+            relay.stop()
 
 
 def _unskipped(case: type[unittest.TestCase]) -> type[unittest.TestCase]:
@@ -112,7 +120,7 @@ def _report(result: unittest.TestResult) -> str:
                      for test, trace in result.failures + result.errors)
 
 
-@pytest.mark.parametrize("via", ["one relay", "two relays"])
+@pytest.mark.parametrize("via", ["one relay", "two relays", "fleet member"])
 def test_intern_metadata_suite_passes(via: str, relays: dict[str, RelayProcess],
                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = _run(int_test_metadata_v1.MetadataServiceTest_v1, relays[via], tmp_path,
@@ -121,7 +129,7 @@ def test_intern_metadata_suite_passes(via: str, relays: dict[str, RelayProcess],
     assert result.wasSuccessful(), _report(result)
 
 
-@pytest.mark.parametrize("via", ["one relay", "two relays"])
+@pytest.mark.parametrize("via", ["one relay", "two relays", "fleet member"])
 def test_intern_volume_suite_passes_with_its_skipped_tests(
         via: str, relays: dict[str, RelayProcess], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

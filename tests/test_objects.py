@@ -6,6 +6,8 @@ and restarts of everything (Redis included, run with ``save ""``)."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,3 +343,24 @@ def test_ids_and_boxes_follow_a_write_on_every_relay_of_a_fleet(tmp_path: Path,
     finally:
         for relay in relays:
             relay.stop()
+
+
+def test_relay_warm_index_builds_the_label_index(tmp_path: Path) -> None:
+    """``relay warm --index`` asks for each cuboid's ids: afterwards a bounding box and the
+    ids of the whole volume make no cell and read nothing upstream."""
+    relay = relay_over(tmp_path, [_store(tmp_path, "seg", _objects())]).start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "relay", "warm", relay.url, "obj/w/seg",
+                               "--index"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "with their label index" in done.stderr
+        cells = 4 * 3 * 3  # 200 × 150 × 20 in 64 × 64 × 8
+        assert relay.metrics()["relay_label_index_cells_made_total"] == cells
+        reads = relay.upstream_reads()
+        assert _box(relay, "seg", 17, "tight").json() == _truth(_objects(), 17)
+        whole = httpx.get(f"{relay.url}/v1/ids/obj/w/seg/0/0:200/0:150/0:20/").json()
+        assert whole["ids"] == ["17", str(2**40 + 3), str(2**64 - 1)]
+        assert relay.metrics()["relay_label_index_cells_made_total"] == cells
+        assert relay.upstream_reads() == reads
+    finally:
+        relay.stop()

@@ -32,6 +32,10 @@ async def get_ids(request: Request, collection: str, experiment: str, channel: s
     chan, res, box, times = await cutout_target(request, collection, experiment, channel,
                                                 resolution, x_range, y_range, z_range, t_range)
     require_annotation(chan, "Ids")
+    service: ObjectService = request.app.state.objects
+    if service.indexed(chan, times):  # a cell at a time, each reserving its own bytes
+        labels = await service.ids(chan, res, box, times, caller_token(request))
+        return JSONResponse({"ids": [str(int(label)) for label in labels]})
     nbytes = cutout_nbytes(box, len(times) if times is not None else 1, chan.info.dtype)
     check_size(request, nbytes)
     # the region's voxels, np.unique's sorted copy, and any derived cuboids made for them
@@ -39,7 +43,6 @@ async def get_ids(request: Request, collection: str, experiment: str, channel: s
     budget: ByteBudget = request.app.state.budget
     reservation = budget.try_reserve(peak) or await budget.reserve(peak)
     try:
-        service: ObjectService = request.app.state.objects
         labels = await service.ids(chan, res, box, times, caller_token(request))
     finally:
         reservation.release()
