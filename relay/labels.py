@@ -43,7 +43,7 @@ from .offload import offload
 from .planner import CuboidPlan, plan
 from .singleflight import SingleFlight
 
-__all__ = ["BOUNDS", "MESH", "LabelIndex", "cell_bounds", "grown", "read_bounds"]
+__all__ = ["BOUNDS", "MESH", "LabelIndex", "cell_bounds", "distinct", "grown", "read_bounds"]
 
 _FETCHED = struct.Struct("<d")  # an entry's head: when its oldest cuboid was read upstream
 _BOUNDS_ROW = 7 * 8  # a label and its six bounds
@@ -60,25 +60,54 @@ def grown(cell: Box, bounds: Box) -> Box:
     return out
 
 
+def distinct(voxels: np.ndarray) -> np.ndarray:
+    """``np.unique(voxels)``, sorting only the first voxel of each run along x: a segmentation
+    is piecewise constant, so they are tens of times fewer than its voxels."""
+    flat = voxels.reshape(-1)
+    if flat.size == 0:
+        return np.zeros(0, voxels.dtype)
+    begins = np.empty(flat.size, np.bool_)
+    begins[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=begins[1:])
+    return np.unique(flat[begins])
+
+
 def cell_bounds(voxels: np.ndarray, corner: Vec3) -> bytes:
     """A bounds entry: the cell's nonzero labels (sorted, uint64) and each one's voxel bounds
-    inside the cell, (x, y, z) lowest then highest, in the level's coordinates (int64)."""
-    flat = voxels.reshape(-1)
-    where = np.flatnonzero(flat)
-    if where.size == 0:
-        return b""
-    values = flat[where]
-    order = np.argsort(values, kind="stable")  # stable: each label's positions stay ascending
-    values, where = values[order], where[order]
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    inside the cell, (x, y, z) lowest then highest, in the level's coordinates (int64).
+
+    Worked out over runs, not voxels: a segmentation is piecewise constant, so the runs of one
+    label along x (cut at each row's end) are tens of times fewer than its voxels, and only
+    they are sorted (a run's first and last voxel give its x bounds, its row its y and z)."""
     _, height, width = voxels.shape
-    axes = (where % width, (where // width) % height, where // (height * width))  # x, y, z
-    lows = [np.minimum.reduceat(axis, starts) for axis in axes]
-    highs = [np.maximum.reduceat(axis, starts) for axis in axes]
+    flat = voxels.reshape(-1)
+    if flat.size == 0:
+        return b""
+    begins = np.empty(flat.size, np.bool_)
+    begins[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=begins[1:])
+    begins[::width] = True  # a run never crosses a row
+    firsts = np.flatnonzero(begins)
+    lasts = np.empty_like(firsts)
+    lasts[:-1] = firsts[1:] - 1
+    lasts[-1] = flat.size - 1
+    values = flat[firsts]
+    labelled = values != 0
+    firsts, lasts, values = firsts[labelled], lasts[labelled], values[labelled]
+    if values.size == 0:
+        return b""
+    order = np.argsort(values, kind="stable")
+    values, firsts, lasts = values[order], firsts[order], lasts[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    rows = firsts // width
+    xs_low, xs_high = firsts % width, lasts % width
+    ys, zs = rows % height, rows // height
+    lows = [np.minimum.reduceat(axis, starts) for axis in (xs_low, ys, zs)]
+    highs = [np.maximum.reduceat(axis, starts) for axis in (xs_high, ys, zs)]
     offsets = np.asarray(tuple(corner) * 2, np.int64)
     coords = np.stack(lows + highs, axis=1).astype(np.int64) + offsets
-    return (values[starts].astype("<u8").tobytes()
-            + np.ascontiguousarray(coords, "<i8").tobytes())
+    labels: np.ndarray = values[starts]
+    return labels.astype("<u8").tobytes() + np.ascontiguousarray(coords, "<i8").tobytes()
 
 
 def read_bounds(entry: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +213,7 @@ class LabelIndex:
             if kind == BOUNDS:
                 entry = await offload(cell_bounds, voxels, box.start, nbytes=nbytes)
             else:
-                labels = await offload(np.unique, voxels, nbytes=nbytes)
+                labels = await offload(distinct, voxels, nbytes=nbytes)
                 entry = np.asarray(labels, "<u8").tobytes()
             self.metrics.inc("label_index_cells_made_total")
             return min(read.fetched, default=0.0), entry

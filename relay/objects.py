@@ -37,7 +37,7 @@ from .catalog import Catalog, Channel
 from .cutout import CutoutRequest, CutoutService
 from .errors import BadRequest, DatatypeNotSupported, RequestTooLarge, UpstreamError
 from .geometry import Box, Vec3
-from .labels import LabelIndex
+from .labels import LabelIndex, distinct
 from .offload import offload
 from .planner import CuboidPlan, plan
 from .state import DurableState
@@ -66,7 +66,7 @@ def channel_key(channel: Channel) -> str:
 
 
 def _labels(voxels: np.ndarray) -> np.ndarray:
-    labels = np.unique(voxels)
+    labels = distinct(voxels)
     return np.asarray(labels[labels != 0])
 
 
@@ -193,8 +193,9 @@ class ObjectService:
     async def reserve(self, channel: Channel, count: int, token: str | None) -> int:
         """The first of ``count`` ids of ``channel`` never handed out before (BossDB's
         ``reserve``): by the BossDB-speaking upstream where one serves the channel (never
-        cached: every call is a new block), else from the relay's durable counter, whose
-        first block starts above the largest id the channel holds."""
+        cached: every call is a new block), by the store where it keeps a counter of its own
+        (a DVID labelmap), else from the relay's durable counter, whose first block starts
+        above the largest id the channel holds."""
         require_annotation(channel, "Reserve ids")
         speaker = self.catalog.speaks_boss(channel.upstream)
         if speaker is not None:
@@ -207,6 +208,9 @@ class ObjectService:
             except (KeyError, TypeError, ValueError) as exc:
                 raise UpstreamError(f"the upstream's reserve answer has no start_id: "
                                     f"{str(body)[:80]}") from exc
+        owned = await channel.upstream.reserve_ids(channel.ref, count)
+        if owned is not None:  # the store's own counter (DVID labelmap's nextlabel)
+            return owned
         key = channel_key(channel)
         floor = 1
         if await self.state.reserved(key) is None:  # the first block: above what is there

@@ -66,6 +66,7 @@ class Instance:
     # per node uuid: per scale: a Z,Y,X array from the origin, and the written voxel extents
     data: dict[str, list[np.ndarray]] = field(default_factory=dict)
     extents: dict[str, tuple[list[int], list[int]] | None] = field(default_factory=dict)
+    next_label: int = 1  # a labelmap's next label to reserve (POST nextlabel)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -258,8 +259,21 @@ class DvidDouble:
 
     def _post(self, request: Request, parts: list[str], body: bytes) -> Response:
         """``POST …/raw/0_1_2/{size}/{offset}``: block-aligned voxels into an unlocked node
-        (reference §1.3: "POST must be block-aligned"; a locked node rejects mutations)."""
+        (reference §1.3: "POST must be block-aligned"; a locked node rejects mutations).
+        ``POST …/nextlabel/{n}`` on a labelmap: ``{"start": s, "end": e}``, n new labels
+        (DVID's labelmap help: "gives incremental new label ids"), above every label held."""
         match parts:
+            case ["node", spec, name, "nextlabel", count]:
+                repo, node = self.resolve(spec)
+                instance = repo.instances.get(name)
+                if instance is None or instance.type_name != "labelmap":
+                    raise DvidError(f"nextlabel is served by labelmap instances only: {name!r}")
+                wanted = int(count)
+                if wanted < 1:
+                    raise DvidError("Unable to reserve 0 labels")
+                start = self._next_label(instance)
+                instance.next_label = start + wanted
+                return JSONResponse({"start": start, "end": start + wanted - 1})
             case ["node", spec, name, "raw", "0_1_2", size_text, offset_text]:
                 repo, node = self.resolve(spec)
                 instance = repo.instances.get(name)
@@ -349,8 +363,17 @@ class DvidDouble:
                                     self._aligned_blocks(instance, size, offset))
             case ["specificblocks"]:
                 return self._framed(request, node, instance, self._listed_blocks(request))
+            case ["nextlabel"] if instance.type_name == "labelmap":
+                return JSONResponse({"nextlabel": self._next_label(instance)})
         raise DvidError(f"Bad API call ({'/'.join(rest)}) for data {instance.name!r}. "
                         f"See API help at http://127.0.0.1/api/help/{instance.type_name}")
+
+    @staticmethod
+    def _next_label(instance: Instance) -> int:
+        """The first label never handed out: past the largest held and the last reserved."""
+        held = max((int(levels[0].max()) for levels in instance.data.values() if levels),
+                   default=0)
+        return max(held + 1, instance.next_label)
 
     def _scale(self, request: Request, instance: Instance) -> int:
         raw = request.query_params.get("scale")

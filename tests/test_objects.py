@@ -22,9 +22,10 @@ from hypothesis.extra.numpy import arrays
 from intern.remote.boss import BossRemote
 
 from relay.geometry import Vec3
-from relay.labels import cell_bounds, read_bounds
+from relay.labels import cell_bounds, distinct, read_bounds
 
-from .servers import RedisServer, RelayProcess, relay_over, write_config
+from .dvid_double import DvidDouble
+from .servers import RedisServer, RelayProcess, ThreadedServer, relay_over, write_config
 
 SHAPE_ZYX = (20, 150, 200)
 CUBOID = [64, 64, 8]  # x, y, z
@@ -364,3 +365,37 @@ def test_relay_warm_index_builds_the_label_index(tmp_path: Path) -> None:
         assert relay.upstream_reads() == reads
     finally:
         relay.stop()
+
+
+def test_a_dvid_labelmap_reserves_from_its_own_counter(tmp_path: Path) -> None:
+    """Over a DVID labelmap the relay reserves with DVID's own ``nextlabel``: its blocks and
+    those DVID hands another client of the same instance (a proofreading tool) never overlap,
+    and start above the labels the instance holds."""
+    double = DvidDouble()
+    node = double.add_repo("objects")
+    double.add_instance(node, "seg", "labelmap", block_size=(32, 32, 32),
+                        voxel_size=(4, 4, 40))
+    voxels = np.zeros((32, 64, 64), np.uint64)
+    voxels[3, 4, 5] = 9000
+    double.write(node, "seg", (0, 0, 0), voxels)
+    with ThreadedServer(double.app) as server:
+        relay = relay_over(tmp_path, [{"collection": "obj", "experiment": "w", "channel": "seg",
+                                       "kind": "dvid", "url": server.url, "uuid": node,
+                                       "writable": True}]).start()
+        try:
+            assert _reserve(relay, 0) == 9001
+            blocks = [(start := _reserve(relay, 10), start + 10)]
+            other = httpx.post(f"{server.url}/api/node/{node}/seg/nextlabel/5").json()
+            blocks.append((other["start"], other["end"] + 1))
+            blocks.append((start := _reserve(relay, 3), start + 3))
+            assert blocks == [(9001, 9011), (9011, 9016), (9016, 9019)]
+            assert relay.metrics().get("relay_label_index_cells_made_total", 0) == 0
+        finally:
+            relay.stop()
+
+
+@given(arrays(np.uint64, st.tuples(st.integers(0, 5), st.integers(1, 6), st.integers(1, 9)),
+              elements=st.sampled_from([0, 3, 3, 3, 2**63, 2**64 - 1])))
+@settings(max_examples=200, deadline=None)
+def test_distinct_is_numpys_unique(voxels: np.ndarray) -> None:
+    assert np.array_equal(distinct(voxels), np.unique(voxels))

@@ -217,6 +217,12 @@ class Upstream(ABC):
         """Drop what is held of ``ref``'s description: a write may have changed it (DVID's
         extents grow by whole blocks; BossDB marks a written channel not downsampled)."""
 
+    async def reserve_ids(self, ref: ChannelRef, count: int) -> int | None:
+        """The first of ``count`` new label ids the store itself hands out (``count`` 0: the
+        next one, consuming nothing), or None where the store keeps no such counter (the
+        relay then keeps one: ``relay.objects``)."""
+        return None
+
     async def mesh_directory(self, ref: ChannelRef) -> str | None:
         """The store's own mesh directory for ``ref`` (precomputed's ``mesh``), or None when
         it has none (the relay then makes meshes itself)."""

@@ -271,6 +271,26 @@ class DvidUpstream(Upstream):
                                    "instance from scale 0 itself; write resolution 0")
         return opened
 
+    async def reserve_ids(self, ref: ChannelRef, count: int) -> int | None:
+        # a labelmap keeps its own counter (POST nextlabel/{n} → {"start", "end"}), shared with
+        # every other DVID client proofreading the same instance: the relay uses it, so its
+        # blocks never collide with theirs
+        opened = await self._open(ref)
+        instance = opened.instances[0]
+        held = await self._get_json(f"node/{opened.node}/{instance}/info")
+        if not isinstance(held, dict) or held.get("Base", {}).get("TypeName") != "labelmap":
+            return None
+        base = f"node/{opened.node}/{instance}/nextlabel"
+        try:
+            if count == 0:
+                return int((await self._get_json(base))["nextlabel"])
+            response = await self.context.http.post(
+                f"{self._base}/api/{base}/{count}", b"", self.http_settings, where=self._where,
+                on_client_error=_client_error)
+            return int(json_body(response, self._where)["start"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"{self._where} sent an unusable nextlabel answer") from exc
+
     async def check_write(self, ref: ChannelRef, level: int) -> None:
         opened = await self._writable_level(ref, level)
         # asked afresh: a node is locked (committed) at any time, and then refuses mutations
