@@ -77,7 +77,7 @@ class CutoutRequest:
     channel: Channel
     resolution: int
     box: Box
-    times: range | None = None  # None: a 3-D request at t = 0
+    times: range | None = None  # None: 3-D, at the channel's default time sample
     refresh: bool = False       # re-read upstream and replace the cached cuboids
     token: str | None = None    # the caller's Authorization, for sources that forward it
     #: where the upstream read of exactly this one cuboid feeds its frame as it arrives

@@ -133,6 +133,16 @@ def test_jpeg_on_asking_and_refusals(relays: list[RelayProcess]) -> None:
         assert refused("image/img/w/uint8/xy/0/0:64/0:64/2:4/") == (400, 1002)
         assert refused("image/img/w/uint8/zz/0/0:64/0:64/2/") == (400, 1000)
         assert refused("image/img/w/uint8/xy/0/0:64/0:64/2/3/") == (400, 1000)  # no t 3
+        assert refused("image/img/w/uint8/xy/0/0:64/0:64/2/?access-mode=bogus") == (400, 1001)
+    # access-mode=raw reads the store again, as a cutout's does
+    lab = relays[0]
+    path = "image/img/w/uint8/xy/0/0:64/0:64/3/"
+    _picture(lab, path)
+    before = lab.upstream_reads()
+    _picture(lab, path)
+    assert lab.upstream_reads() == before
+    _picture(lab, path + "?access-mode=raw")
+    assert lab.upstream_reads() > before
 
 
 def test_a_picture_over_the_cutout_limit_is_a_413(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ from .responses import BodyResponse, ForwardedResponse
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
 
-__all__ = ["channel_level", "check_size", "cutout_nbytes", "cutout_target", "router"]
+__all__ = ["channel_level", "check_size", "cutout_nbytes", "cutout_target", "refresh_requested",
+           "router"]
 
 # ASCII digits only: \d also matches other scripts' digits, which int() then accepts
 _RANGE = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
@@ -184,7 +185,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _refresh(request: Request) -> bool:
+def refresh_requested(request: Request) -> bool:
     """``access-mode=raw`` or ``Cache-Control: no-cache`` re-read upstream; intern's default
     ``access-mode=no-cache`` concerns BossDB's own cache and does not bypass this one."""
     params = request.query_params
@@ -464,7 +465,7 @@ async def _cutout_body(request: Request, chan: Channel, res: int, box: Box,
     forward); no body when the request's ``If-None-Match`` names this version (nothing is
     encoded then)."""
     service: CutoutService = request.app.state.cutouts
-    cutout = CutoutRequest(chan, res, box, times=times, refresh=_refresh(request),
+    cutout = CutoutRequest(chan, res, box, times=times, refresh=refresh_requested(request),
                            token=caller_token(request))
     # a plain Blosc answer of exactly one cuboid is that cuboid's stored frame, sent as it is
     result = await service.answer(cutout, frame_ok=media is MediaType.BLOSC and ids is None)

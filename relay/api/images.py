@@ -14,7 +14,7 @@ from ..errors import CutoutTypeError, InvalidUrl
 from ..geometry import Box
 from ..images import ORIENTATIONS, Orientation, picture, picture_media, tile_box
 from ..offload import offload
-from .boss import check_size, cutout_nbytes, cutout_target
+from .boss import check_size, cutout_nbytes, cutout_target, refresh_requested
 from .common import caller_token
 from .routing import Router, add_route
 from .validators import data_headers, not_modified
@@ -56,6 +56,7 @@ async def _draw(request: Request, chan: Channel, res: int, box: Box, times: rang
     try:
         cutouts: CutoutService = request.app.state.cutouts
         read = await cutouts.read_cutout(CutoutRequest(chan, res, box, times=times,
+                                                       refresh=refresh_requested(request),
                                                        token=caller_token(request)))
         headers = data_headers(request, chan, read, media, vary=("Accept",))
         if (unchanged := not_modified(request, headers)) is not None:
