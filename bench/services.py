@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import ExitStack
+from typing import Any
 
 import blosc
 import numpy as np
@@ -72,16 +73,24 @@ def _labels(shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, tuple[slice, .
     return labels, box
 
 
-def p11(bench: Bench) -> None:
+def _label_store(bench: Bench, name: str) -> tuple[Any, dict[str, Any], tuple[slice, ...],
+                                                   tuple[int, int, int]]:
+    """``_labels`` of a quarter of the run's volume in a uint64 zarr: the array, its source,
+    the segment's box and the shape (Z, Y, X)."""
     z, y, x = bench.mode.shape_zyx
     shape = (z, y // 2, x // 2)
     labels, box = _labels(shape)
-    path = bench.root / "p11-seg.zarr"
+    path = bench.root / f"{name}-seg.zarr"
     array = zarr.create_array(str(path), shape=shape, chunks=(16, 512, 512), dtype=np.uint64,
                               fill_value=0, zarr_format=3)
     array[...] = labels
     source = {"collection": "b", "experiment": "e", "channel": "seg", "kind": "zarr",
               "url": str(path), "voxel_size": [4, 4, 40], "type": "annotation"}
+    return array, source, box, shape
+
+
+def p11(bench: Bench) -> None:
+    array, source, box, shape = _label_store(bench, "p11")
     route = "/v1/mesh/b/e/seg/7/?format=precomputed"
     cold: list[float] = []
     warm: list[float] = []
@@ -111,16 +120,7 @@ def p11(bench: Bench) -> None:
 
 
 def p14(bench: Bench) -> None:
-    z, y, x = bench.mode.shape_zyx
-    shape = (z, y // 2, x // 2)
-    labels, _ = _labels(shape)
-    path = bench.root / "p14-seg.zarr"
-    array = zarr.create_array(str(path), shape=shape, chunks=(16, 512, 512), dtype=np.uint64,
-                              fill_value=0, zarr_format=3)
-    array[...] = labels
-    del labels
-    source = {"collection": "b", "experiment": "e", "channel": "seg", "kind": "zarr",
-              "url": str(path), "voxel_size": [4, 4, 40], "type": "annotation"}
+    array, source, _, shape = _label_store(bench, "p14")
     region = f"0:{shape[2]}/0:{shape[1]}/0:{shape[0]}"
     routes = {"ids": f"/v1/ids/b/e/seg/0/{region}/",
               "box": "/v1/boundingbox/b/e/seg/0/7/?type=tight"}
