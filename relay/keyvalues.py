@@ -70,8 +70,8 @@ class KeyValues:
         source, upstream = claimed
         if method != "GET" and not source.writable:
             raise MethodNotAllowed(
-                f"{'/'.join(names)} is read-only on this relay; its metadata is kept only for "
-                "sources with writable: true (docs/objects.md)")
+                f"{'/'.join(names)} is read-only on this relay: its metadata takes writes where "
+                "its source is writable: true (docs/objects.md)")
         speaker = self.catalog.speaks_boss(upstream)
         if speaker is not None:
             query = urlencode({k: v for k, v in (("key", key), ("value", value))

@@ -399,3 +399,12 @@ def test_a_dvid_labelmap_reserves_from_its_own_counter(tmp_path: Path) -> None:
 @settings(max_examples=200, deadline=None)
 def test_distinct_is_numpys_unique(voxels: np.ndarray) -> None:
     assert np.array_equal(distinct(voxels), np.unique(voxels))
+
+
+def test_numbers_that_are_not_ascii_digits_are_400s(chain: list[RelayProcess]) -> None:
+    """"²" is a digit to str.isdigit but not a number to int: a 400, never a 500."""
+    lab = chain[1]
+    for path in ("boundingbox/obj/w/seg/0/%C2%B2/", "reserve/obj/w/seg/%C2%B2/",
+                 "image/obj/w/img/xy/0/0:8/0:8/%C2%B2/"):
+        got = httpx.get(f"{lab.url}/v1/{path}")
+        assert got.status_code == 400, (path, got.text)

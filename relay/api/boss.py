@@ -445,7 +445,7 @@ async def _write(request: Request, chan: Channel, res: int, box: Box, times: ran
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it is known to pass ``limit`` bytes."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    if length.isascii() and length.isdigit() and int(length) > limit:
         raise RequestTooLarge(f"The body announces {length} bytes; a cutout of this box is "
                               f"at most {limit} bytes")
     chunks, size = [], 0

@@ -23,7 +23,7 @@ __all__ = ["router"]
 
 router = Router()
 
-_NUMBER = re.compile(r"\d{1,12}")
+_NUMBER = re.compile(r"[0-9]{1,12}")
 #: a picture's working memory beside its voxels: np.unique's sorted copy and inverse, and the
 #: RGBA pixels of a label picture (8 + 8 + 4 bytes a voxel), and its encoding
 _PICTURE_BYTES_PER_VOXEL = 24

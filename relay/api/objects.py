@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -22,6 +24,8 @@ __all__ = ["router"]
 router = Router()
 
 _REGION = "/{resolution}/{x_range}/{y_range}/{z_range}/"
+#: a whole number as a URL spells it (str.isdigit would let "²" through, which int refuses)
+_WHOLE = re.compile(r"[0-9]{1,20}")
 
 
 async def get_ids(request: Request, collection: str, experiment: str, channel: str,
@@ -60,7 +64,7 @@ async def reserve_ids(request: Request, collection: str, experiment: str, channe
     caller's, never handed out again by this relay, its fleet or its chain (BossDB's answer:
     ``count`` is the URL's string). A write: it needs a write token and a writable source."""
     check_write_token(request)
-    if not num_ids.isdigit() or int(num_ids) > MAX_ID:
+    if not _WHOLE.fullmatch(num_ids) or int(num_ids) > MAX_ID:
         raise CutoutTypeError(f"The number of ids to reserve must be a whole number, not "
                               f"{num_ids[:40]!r}")
     chan = await channel_for(request, collection, experiment, channel)
@@ -85,7 +89,7 @@ async def get_bounding_box(request: Request, collection: str, experiment: str, c
     kind = request.query_params.get("type", "loose")
     if kind not in ("loose", "tight"):
         raise BadRequest(f"Invalid bounding box type {kind[:20]!r}: loose or tight")
-    if not label.isdigit() or int(label) > MAX_ID:
+    if not _WHOLE.fullmatch(label) or int(label) > MAX_ID:
         raise CutoutTypeError(f"Invalid id {label[:40]!r}: a whole number below 2^64")
     chan, res = await channel_level(request, collection, experiment, channel, resolution)
     require_annotation(chan, "Bounding box")

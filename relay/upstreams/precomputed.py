@@ -59,7 +59,7 @@ class _BoundedAdapter(requests.adapters.HTTPAdapter):
         response = super().send(request, stream=stream, timeout=timeout or self.timeout,
                                 verify=verify, cert=cert, proxies=proxies)
         length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
+        if length.isascii() and length.isdigit() and int(length) > self.max_bytes:
             response.close()
             raise OSError(f"{request.url} announced {length} bytes, past {self.max_bytes}")
         raw, cap = response.raw, self.max_bytes
