@@ -36,12 +36,17 @@ def _orientation(text: str) -> Orientation:
     raise InvalidUrl(f"Invalid orientation {text[:20]!r}: xy, xz or yz")
 
 
-def _single(text: str, what: str) -> str:
-    """The one-voxel range ``n:n+1`` of a coordinate the plane is at."""
+def _number(text: str, what: str) -> int:
     if not _NUMBER.fullmatch(text):
         raise CutoutTypeError(f"Type error in the image service: {what} is one number here, "
                               f"not {text[:30]!r}")
-    return f"{int(text)}:{int(text) + 1}"
+    return int(text)
+
+
+def _single(text: str, what: str) -> str:
+    """The one-voxel range ``n:n+1`` of a coordinate the plane is at."""
+    number = _number(text, what)
+    return f"{number}:{number + 1}"
 
 
 async def _draw(request: Request, chan: Channel, res: int, box: Box, times: range | None,
@@ -91,9 +96,8 @@ async def get_tile(request: Request, collection: str, experiment: str, channel: 
     """Tile (x, y, z) of a plane cut in squares of ``tile_size``: the plane's two axes count
     tiles, the third voxels (BossDB's tile service). A tile must lie inside the frame."""
     plane = _orientation(orientation)
-    numbers = [int(_single(text, what).split(":")[0]) for text, what in (
-        (tile_size, "the tile size"), (x_index, "x"), (y_index, "y"), (z_index, "z"))]
-    box = tile_box(plane, *numbers)
+    box = tile_box(plane, *(_number(text, what) for text, what in (
+        (tile_size, "the tile size"), (x_index, "x"), (y_index, "y"), (z_index, "z"))))
     t_range = _single(t_arg, "t") if t_arg is not None else None
     x_range, y_range, z_range = (f"{lo}:{hi}" for lo, hi in zip(box.start, box.stop,
                                                                  strict=True))
