@@ -5,6 +5,7 @@ has its own mesh directory."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,8 +204,13 @@ def test_manifests_of_a_writable_source_use_the_label_index_and_follow_writes(
     shared = {"redis_url": redis_server.url, "redis_prefix": f"{tmp_path.name}:"} if fleet else {}
     apps = [create_app(make_settings([source], tmp_path / f"cache-{name}", **shared))
             for name in ("a", "b")[:1 + fleet]]
-    with (TestClient(apps[0], base_url="http://localhost") as a,
-          TestClient(apps[-1], base_url="http://localhost") as b):
+    with contextlib.ExitStack() as stack:
+        # one client per app: two clients of one app would run its lifespan twice, on two
+        # event loops (its write-behind then drains on a loop it was not made on)
+        clients = [stack.enter_context(TestClient(app, base_url="http://localhost"))
+                   for app in apps]
+        a, b = clients[0], clients[-1]
+
         def names(client: TestClient, segid: int) -> set[str]:
             response = client.get(f"/precomputed/m/e/seg/mesh/{segid}:0")
             if response.status_code == 404:
