@@ -207,8 +207,10 @@ class LabelIndex:
         peak = nbytes + each + CutoutService.working_bytes(channel, level, box)
         reservation = self.budget.try_reserve(peak) or await self.budget.reserve(peak)
         try:
+            # time 0, whatever the channel's default sample: what writes of time 0 drop
+            # (``WriteService.touched_labels``) and what BossDB's object services read
             read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
-                                                                token=token))
+                                                                times=range(1), token=token))
             voxels = read.voxels.reshape(box.shape_zyx)
             if kind == BOUNDS:
                 entry = await offload(cell_bounds, voxels, box.start, nbytes=nbytes)

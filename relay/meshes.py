@@ -250,7 +250,9 @@ class MeshService:
             reservation = await self._reserve(
                 2 * nbytes + box.voxels + CutoutService.working_bytes(channel, level, box))
             try:
+                # time 0, as the label index its manifests come from
                 read = await self.cutouts.read_cutout(CutoutRequest(channel, level, box,
+                                                                    times=range(1),
                                                                     token=token))
                 # a face on the volume's own boundary has no neighbour cell to make it: one
                 # voxel of background beyond that boundary closes the surface there
@@ -258,8 +260,8 @@ class MeshService:
                                                          strict=True)))
                 high = Vec3(*(int(g == b) for g, b in zip(box.stop, grid.bounds.stop,
                                                           strict=True)))
-                voxels = np.pad(read.voxels, ((low.z, high.z), (low.y, high.y),
-                                              (low.x, high.x)))
+                voxels = np.pad(read.voxels[0], ((low.z, high.z), (low.y, high.y),
+                                                 (low.x, high.x)))
                 del read
                 mask = await offload(_mask, voxels, segid, nbytes=voxels.nbytes)
                 del voxels

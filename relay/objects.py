@@ -112,6 +112,7 @@ class ObjectService:
             reservation = self.budget.try_reserve(peak) or await self.budget.reserve(peak)
             try:
                 read = await self.cutouts.read_cutout(CutoutRequest(channel, resolution, part,
+                                                                    times=range(1),
                                                                     token=token))
                 found.append(await offload(_labels, read.voxels, nbytes=nbytes))
             finally:

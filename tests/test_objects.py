@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blosc
 import httpx
 import numpy as np
 import pytest
@@ -408,3 +409,41 @@ def test_numbers_that_are_not_ascii_digits_are_400s(chain: list[RelayProcess]) -
                  "image/obj/w/img/xy/0/0:8/0:8/%C2%B2/"):
         got = httpx.get(f"{lab.url}/v1/{path}")
         assert got.status_code == 400, (path, got.text)
+
+
+def test_bounding_boxes_are_of_time_0_whatever_the_default_sample(tmp_path: Path) -> None:
+    """BossDB's boxes read time 0. On a time series whose default sample is 2, a box is where
+    the id lies at time 0; a write of the default sample leaves it, a write of time 0 moves
+    it at once (the label index is made of time 0, which is what writes of time 0 drop)."""
+    group = zarr.open_group(str(tmp_path / "series.ome.zarr"), mode="w", zarr_format=3)
+    voxels = np.zeros((3, 16, 64, 64), np.uint64)
+    for t in range(3):
+        voxels[t, 2:4, 10 * t:10 * t + 5, 3:9] = 5  # label 5 moves along y with time
+    group.create_array("0", shape=voxels.shape, chunks=(1, 8, 32, 32),
+                       dtype="uint64")[:] = voxels
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": a, "type": "time" if a == "t" else "space"} for a in "tzyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 40.0, 4.0, 4.0]}]}]}]}
+    relay = relay_over(tmp_path, [{"collection": "obj", "experiment": "w", "channel": "seg",
+                                   "kind": "zarr", "url": (tmp_path / "series.ome.zarr").as_uri(),
+                                   "default_time_sample": 2, "writable": True,
+                                   "cuboid": [32, 32, 8]}]).start()
+    try:
+        def tight() -> dict[str, list[int]]:
+            got = _box(relay, "seg", 5, "tight")
+            assert got.status_code == 200, got.text
+            return dict(got.json())
+
+        assert tight() == _truth(voxels[0], 5)
+        block = np.full((1, 2, 2), 5, np.uint64)
+        url = f"{relay.url}/v1/cutout/obj/w/seg/0/40:42/50:52/10:11/"
+        body = blosc.compress(block.tobytes(), typesize=8)
+        headers = {"Content-Type": "application/blosc"}
+        assert httpx.post(url, content=body, headers=headers).status_code == 201  # sample 2
+        assert tight() == _truth(voxels[0], 5)
+        assert httpx.post(url + "0:1/", content=body, headers=headers).status_code == 201
+        voxels[0, 10:11, 50:52, 40:42] = 5
+        assert tight() == _truth(voxels[0], 5)
+    finally:
+        relay.stop()
